@@ -1,0 +1,148 @@
+"""Training pairs: synthetic draws from the challenge's prior, and the challenge's TensorDataset files.
+
+Inside the package x is (N, n_points, 2) and y is (N, n_points, k); files use the challenge layout
+(N, 1, n_points, 2|k). Files are pickles, so they are loaded with `weights_only=True` and only
+TensorDataset is allowed through: a hostile file is refused before any of its code can run.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import TensorDataset
+
+from .errors import UserError
+from .problems import Problem, ends_from_unit, line_points, problem_key
+
+DEFAULT_CACHE = Path("storage") / "data"
+
+
+@dataclass
+class Pairs:
+    x: torch.Tensor  # (N, n_points, 2)
+    y: torch.Tensor  # (N, n_points, k)
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def to(self, device: torch.device | str) -> "Pairs":
+        return Pairs(self.x.to(device), self.y.to(device))
+
+
+def sample_lines(problem: Problem, n: int, generator: torch.Generator) -> torch.Tensor:
+    """x drawn as the challenge draws it: for a descending channel the end ~ U(box), the start ~
+    U(end, top); for an ascending one the start ~ U(box), the end ~ U(start, top)."""
+    u = torch.rand(n, 4, generator=generator, dtype=torch.float64)
+    ends = ends_from_unit(u, problem.box, problem.slopes)
+    return line_points(ends, problem.n_points).float()
+
+
+def make_pairs(
+    problem: Problem,
+    n: int,
+    seed: int,
+    noise: float = 0.0,
+    cache_dir: Path | str | None = DEFAULT_CACHE,
+) -> Pairs:
+    """Seeded synthetic pairs, cached by problem, size, seed and noise level (None: no cache)."""
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"{problem_key(problem)}-n{n}-seed{seed}-noise{noise:g}.pt"
+        if path.exists():
+            return load_pairs(path, problem)
+    gen = torch.Generator().manual_seed(seed)
+    x = sample_lines(problem, n, gen)
+    with torch.no_grad():
+        y = problem(x.double()).float()
+    if noise > 0:
+        y = y + noise * torch.randn(y.shape, generator=gen)
+    pairs = Pairs(x, y)
+    if path is not None:
+        save_pairs(path, pairs)
+    return pairs
+
+
+def save_pairs(path: Path | str, pairs: Pairs) -> Path:
+    """Write the challenge layout atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds = TensorDataset(pairs.x.detach().cpu().unsqueeze(1).contiguous(), pairs.y.detach().cpu().unsqueeze(1).contiguous())
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(ds, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _torch_load(path: Path) -> object:
+    try:
+        with torch.serialization.safe_globals([TensorDataset]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"{path}: refused to load: it holds objects other than tensors ({first}); "
+            "expected a TensorDataset of (x, y) saved with torch.save"
+        ) from None
+    except Exception as exc:
+        raise UserError(
+            f"{path}: not a readable torch file ({type(exc).__name__}); "
+            "expected a TensorDataset of (x, y) saved with torch.save"
+        ) from None
+
+
+def _as_points(t: torch.Tensor, n_points: int, width: int | None, what: str, path: Path) -> torch.Tensor:
+    """(N, 1, P, w), (N, P, w) or row-major flattened (N, P*w) / (N, 1, P*w) -> (N, P, w)."""
+    shape = tuple(t.shape)
+    expected = f"(N, 1, {n_points}, {width if width else 'k'})"
+    if t.dim() == 4 and t.shape[1] == 1:
+        t = t[:, 0]
+    elif t.dim() == 3 and t.shape[1] == 1:
+        t = t[:, 0]
+        if width and t.shape[1] == n_points * width:
+            t = t.reshape(-1, n_points, width)
+    elif t.dim() == 2 and width and t.shape[1] == n_points * width:
+        t = t.reshape(-1, n_points, width)  # the older flattened y: row-major over (P, w)
+    if t.dim() != 3 or t.shape[1] != n_points or (width is not None and t.shape[2] != width) or t.shape[2] < 1:
+        raise UserError(f"{path}: {what} has shape {shape}, expected {expected}")
+    return t
+
+
+def load_pairs(path: Path | str, problem: Problem | None = None, n_points: int = 50) -> Pairs:
+    """Read a challenge-format file; refuse anything else with one line that says what was found."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    obj = _torch_load(path)
+    if isinstance(obj, TensorDataset):
+        tensors = obj.tensors
+    elif isinstance(obj, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in obj):
+        tensors = tuple(obj)
+    else:
+        raise UserError(f"{path}: holds a {type(obj).__name__}, expected a TensorDataset of (x, y)")
+    if len(tensors) != 2:
+        raise UserError(f"{path}: holds {len(tensors)} tensors, expected 2 (x, y)")
+    if problem is not None:
+        n_points = problem.n_points
+    x = _as_points(tensors[0], n_points, 2, "x", path)
+    y = _as_points(tensors[1], n_points, problem.k if problem is not None else None, "y", path)
+    if x.shape[0] != y.shape[0]:
+        raise UserError(f"{path}: x has {x.shape[0]} rows but y has {y.shape[0]}; expected one y per x")
+    if x.shape[0] == 0:
+        raise UserError(f"{path}: holds no pairs")
+    for name, t in (("x", x), ("y", y)):
+        if not t.is_floating_point():
+            raise UserError(f"{path}: {name} has dtype {t.dtype}, expected a floating-point tensor")
+        bad = int((~torch.isfinite(t)).flatten(1).any(1).sum())
+        if bad:
+            raise UserError(f"{path}: {name} holds NaN or inf in {bad} of {t.shape[0]} rows; expected finite values")
+    return Pairs(x.float().contiguous(), y.float().contiguous())

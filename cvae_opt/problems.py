@@ -1,0 +1,182 @@
+"""Forward problems: k condition functions of a model pair (x0, x1), evaluated point by point.
+
+A problem maps x of shape (..., n_points, 2) to y of shape (..., n_points, k) with torch operations, so
+it is differentiable, batched and runs on any device; the physics term of the loss and the refinement
+of samples both need that. It also declares the prior: the box the line end points live in and the
+sign of each channel's slope (two birds: x0 descends, x1 ascends).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from .errors import UserError
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Problem:
+    name: str
+    forward: Forward
+    k: int
+    n_points: int = 50
+    box: tuple[float, float] = (0.1, 1.0)
+    # +1: the channel ascends (start <= end), -1: it descends, 0: either.
+    slopes: tuple[int, int] = (-1, 1)
+    # Set when every condition is cos(p*x0 + q*x1 + phi): exact solutions can then be enumerated.
+    cosines: tuple[tuple[float, float, float], ...] | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward(x)
+
+
+def cosine_problem(
+    name: str,
+    terms: Sequence[tuple[float, float, float]],
+    box: tuple[float, float] = (0.1, 1.0),
+    slopes: tuple[int, int] = (-1, 1),
+    n_points: int = 50,
+) -> Problem:
+    """A problem whose conditions are y_j = cos(p_j*x0 + q_j*x1 + phi_j)."""
+    terms = tuple((float(p), float(q), float(phi)) for p, q, phi in terms)
+    coef = torch.tensor([[p for p, _, _ in terms], [q for _, q, _ in terms]], dtype=torch.float64)
+    phase = torch.tensor([phi for _, _, phi in terms], dtype=torch.float64)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return torch.cos(x @ coef.to(x) + phase.to(x))
+
+    return Problem(name, forward, len(terms), n_points, box, slopes, terms)
+
+
+TWO_BIRDS = cosine_problem("two_birds", [(49.0, 42.0, 0.0), (56.0, 63.0, 0.0)])
+BUILTIN: dict[str, Problem] = {TWO_BIRDS.name: TWO_BIRDS}
+
+
+def _check_forward(spec: str, forward: Forward, n_points: int) -> int:
+    """Probe a user forward function once; return k. Catches the mistakes that would otherwise surface
+    deep inside training: wrong shape, numpy instead of torch, no batching."""
+    x = torch.rand(2, 3, n_points, 2, dtype=torch.float32) * 0.9 + 0.1
+    x.requires_grad_(True)
+    try:
+        y = forward(x)
+    except Exception as exc:  # the user's code: report whatever it raised
+        raise UserError(
+            f"problem {spec!r}: calling it on x of shape (2, 3, {n_points}, 2) raised "
+            f"{type(exc).__name__}: {exc}; it must map x (..., {n_points}, 2) to y (..., {n_points}, k)"
+        ) from None
+    if not isinstance(y, torch.Tensor):
+        raise UserError(
+            f"problem {spec!r} returned {type(y).__name__}, expected a torch.Tensor of shape "
+            f"(..., {n_points}, k) computed with torch operations"
+        )
+    if y.dim() != 4 or tuple(y.shape[:3]) != (2, 3, n_points) or y.shape[3] < 1:
+        raise UserError(
+            f"problem {spec!r} maps x of shape (2, 3, {n_points}, 2) to {tuple(y.shape)}, "
+            f"expected (2, 3, {n_points}, k) with k >= 1"
+        )
+    if not y.requires_grad:
+        raise UserError(
+            f"problem {spec!r} returned a tensor without gradient: write it with torch operations "
+            "(not numpy, not .detach()) so the physics loss can train through it"
+        )
+    if not torch.isfinite(y).all():
+        raise UserError(f"problem {spec!r} returned NaN or inf for x inside the prior box")
+    return int(y.shape[3])
+
+
+def resolve_problem(spec: str | Problem) -> Problem:
+    """A built-in name (`two_birds`) or an import path `package.module:attr`, where attr is a Problem
+    or a forward function (then the default box and slopes apply)."""
+    if isinstance(spec, Problem):
+        return spec
+    if spec in BUILTIN:
+        return BUILTIN[spec]
+    if ":" not in spec:
+        raise UserError(
+            f"unknown problem {spec!r}: use one of {sorted(BUILTIN)} or an import path 'package.module:callable'"
+        )
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise UserError(
+            f"problem {spec!r}: cannot import module {module_name!r} ({type(exc).__name__}: {exc}); "
+            "check the name and that it is on PYTHONPATH"
+        ) from None
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise UserError(f"problem {spec!r}: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if isinstance(obj, Problem):
+        _check_forward(spec, obj.forward, obj.n_points)
+        return obj
+    if not callable(obj):
+        raise UserError(f"problem {spec!r} is a {type(obj).__name__}, expected a Problem or a callable")
+    k = _check_forward(spec, obj, 50)
+    return Problem(name=spec, forward=obj, k=k)
+
+
+def problem_key(problem: Problem) -> str:
+    """A file-name-safe key, for caches."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in problem.name)
+
+
+def line_points(ends: torch.Tensor, n_points: int) -> torch.Tensor:
+    """End points (..., 4) = (x0 start, x0 end, x1 start, x1 end) -> straight lines (..., n_points, 2)."""
+    t = torch.linspace(0.0, 1.0, n_points, dtype=ends.dtype, device=ends.device)
+    start = ends[..., [0, 2]].unsqueeze(-2)
+    stop = ends[..., [1, 3]].unsqueeze(-2)
+    return start + (stop - start) * t.unsqueeze(-1)
+
+
+def ends_from_unit(u: torch.Tensor, box: tuple[float, float], slopes: tuple[int, int]) -> torch.Tensor:
+    """Map four numbers in [0, 1] to end points inside the box with the declared slope signs.
+
+    The map mirrors how the prior is drawn: a descending channel's end is free in the box and its start
+    lies between the end and the top; an ascending one the other way round. Every u in [0, 1]^4 gives a
+    valid pair of lines, and every valid pair has such a u, so a sigmoid in front of it makes a decoder
+    head that is straight, in the box and correctly sloped by construction.
+    """
+    lo, hi = box
+    out = []
+    for c, sign in enumerate(slopes):
+        a, b = u[..., 2 * c], u[..., 2 * c + 1]
+        if sign < 0:  # descending: end free, start in [end, hi]
+            end = lo + (hi - lo) * a
+            start = end + (hi - end) * b
+        elif sign > 0:  # ascending: start free, end in [start, hi]
+            start = lo + (hi - lo) * a
+            end = start + (hi - start) * b
+        else:
+            start = lo + (hi - lo) * a
+            end = lo + (hi - lo) * b
+        out += [start, end]
+    return torch.stack(out, dim=-1)
+
+
+def unit_from_ends(ends: torch.Tensor, box: tuple[float, float], slopes: tuple[int, int]) -> torch.Tensor:
+    """Inverse of `ends_from_unit` (clamped), used to start refinement from a decoded sample."""
+    lo, hi = box
+    eps = 1e-6
+    out = []
+    for c, sign in enumerate(slopes):
+        start, end = ends[..., 2 * c].clamp(lo, hi), ends[..., 2 * c + 1].clamp(lo, hi)
+        if sign < 0:
+            start = torch.maximum(start, end)
+            a = (end - lo) / (hi - lo)
+            b = (start - end) / (hi - end).clamp_min(eps)
+        elif sign > 0:
+            end = torch.maximum(start, end)
+            a = (start - lo) / (hi - lo)
+            b = (end - start) / (hi - start).clamp_min(eps)
+        else:
+            a, b = (start - lo) / (hi - lo), (end - lo) / (hi - lo)
+        out += [a, b]
+    return torch.stack(out, dim=-1).clamp(0.0, 1.0)
+
