@@ -7,9 +7,7 @@ TensorDataset is allowed through: a hostile file is refused before any of its co
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from .errors import UserError
+from .files import atomic_write
 from .problems import Problem, ends_from_unit, line_points, problem_key
 
 DEFAULT_CACHE = Path("storage") / "data"
@@ -70,16 +69,8 @@ def make_pairs(
 def save_pairs(path: Path | str, pairs: Pairs) -> Path:
     """Write the challenge layout atomically (temporary file, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ds = TensorDataset(pairs.x.detach().cpu().unsqueeze(1).contiguous(), pairs.y.detach().cpu().unsqueeze(1).contiguous())
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(ds, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda fh: torch.save(ds, fh))
     return path
 
 

@@ -227,9 +227,10 @@ def build_model(cfg: ModelConfig, problem: Problem) -> CVAE:
 
 
 def kl_gaussians(mu_q: torch.Tensor, lv_q: torch.Tensor, mu_p: torch.Tensor, lv_p: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu_q, e^lv_q) || N(mu_p, e^lv_p)) for diagonal Gaussians, summed over the latent axis.
+    """KL(N(mu_q, e^lv_q) || N(mu_p, e^lv_p)) of diagonal Gaussians, per latent dimension (sum(-1) gives
+    the total; free bits needs the dimensions apart).
 
-    0.5 * sum( lv_p - lv_q + (e^lv_q + (mu_q - mu_p)^2) / e^lv_p - 1 ). With mu_p = lv_p = 0 it is the
+    0.5 * ( lv_p - lv_q + (e^lv_q + (mu_q - mu_p)^2) / e^lv_p - 1 ). With mu_p = lv_p = 0 it is the
     usual KL to N(0, I).
     """
-    return 0.5 * (lv_p - lv_q + (torch.exp(lv_q) + (mu_q - mu_p) ** 2) * torch.exp(-lv_p) - 1.0).sum(-1)
+    return 0.5 * (lv_p - lv_q + (torch.exp(lv_q) + (mu_q - mu_p) ** 2) * torch.exp(-lv_p) - 1.0)

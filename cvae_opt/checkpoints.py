@@ -1,0 +1,50 @@
+"""Checkpoints bundle the full config (plain data) with the weights, so a model can be sampled or
+retrained without the study database, and loads with `torch.load(weights_only=True)`."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import Config
+from .errors import UserError
+from .files import atomic_write
+from .models import CVAE, build_model
+from .problems import resolve_problem
+
+FORMAT = "cvae-opt-checkpoint/1"
+
+
+def save_checkpoint(path: Path | str, model: CVAE, cfg: Config, metrics: dict[str, Any] | None = None) -> Path:
+    payload = {
+        "format": FORMAT,
+        "config": cfg.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "metrics": {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))},
+    }
+    return atomic_write(path, lambda fh: torch.save(payload, fh))
+
+
+def load_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> tuple[CVAE, Config, dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"{path}: refused to load: it holds objects other than tensors and plain data") from None
+    except Exception as exc:
+        raise UserError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise UserError(f"{path}: not a cvae-opt checkpoint (expected format {FORMAT!r})")
+    cfg = Config.from_dict(payload["config"], where=f"{path}:config")
+    model = build_model(cfg.model, resolve_problem(cfg.data.problem))
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise UserError(f"{path}: weights do not match its config ({str(exc).splitlines()[0]})") from None
+    model.to(device).eval()
+    return model, cfg, payload

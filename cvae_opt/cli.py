@@ -1,0 +1,22 @@
+"""What every command-line entry point shares: one error line and exit 2 for bad input, 130 on Ctrl-C."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from .errors import UserError
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
+    try:
+        return int(main(argv) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

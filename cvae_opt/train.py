@@ -1,0 +1,206 @@
+"""Training loop over in-memory tensors: seeded, device-aware, one callback per epoch.
+
+The loss is beta*KL + w_x*reconstruction + w_y*physics. The physics term runs the forward problem on
+decoded x inside the graph and penalises the misfit to y, on reconstructions and on samples drawn
+through the generation path (z from N(0, I) or r(z|y)), so it trains the path users sample from.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import Config, TrainConfig
+from .data import Pairs, load_pairs, make_pairs
+from .errors import NonFiniteLoss, UserError
+from .metrics import can_enumerate, enumerate_solutions, evaluate_samples
+from .models import CVAE, build_model, kl_gaussians
+from .problems import Problem, resolve_problem
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for, but torch sees no CUDA device; use --device cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+
+
+def load_data(cfg: Config, problem: Problem) -> tuple[Pairs, Pairs]:
+    """Training and validation pairs as the config says: files if given, else seeded synthetic draws
+    (validation from a different seed, so it never overlaps training)."""
+    d = cfg.data
+    if d.train_file:
+        train = load_pairs(d.train_file, problem)
+    else:
+        train = make_pairs(problem, d.train_size, d.seed, d.noise, d.cache_dir)
+    if d.val_file:
+        val = load_pairs(d.val_file, problem)
+    else:
+        val = make_pairs(problem, d.val_size, d.seed + 1_000_003, d.noise, d.cache_dir)
+    return train, val
+
+
+def loss_terms(
+    model: CVAE, problem: Problem, x: torch.Tensor, y: torch.Tensor, tc: TrainConfig, beta: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The training objective and its parts. physics = mean of the misfit on reconstructions and on
+    `physics_samples` draws per y through the generation path (the reconstruction misfit alone when
+    w_y = 0 or physics_samples = 0)."""
+    out = model(x, y)
+    kl_dims = kl_gaussians(out["mu_q"], out["logvar_q"], out["mu_p"], out["logvar_p"])
+    kl = kl_dims.sum(1).mean()
+    kl_opt = torch.clamp(kl_dims.mean(0), min=tc.free_bits).sum() if tc.free_bits > 0 else kl
+    recon = F.mse_loss(out["x_hat"], x)
+    physics = F.mse_loss(problem(out["x_hat"]), y)
+    parts = {"kl": kl, "recon": recon, "physics_rec": physics}
+    if tc.w_y > 0 and tc.physics_samples > 0:
+        y_gen = problem(model.draw(y, tc.physics_samples))
+        parts["physics_gen"] = F.mse_loss(y_gen, y.unsqueeze(1).expand_as(y_gen))
+        physics = 0.5 * (physics + parts["physics_gen"])
+    parts["physics"] = physics
+    total = beta * kl_opt + tc.w_x * recon + tc.w_y * physics
+    parts["loss"] = total
+    return total, parts
+
+
+@dataclass
+class TrainResult:
+    model: CVAE
+    problem: Problem
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def last(self) -> dict[str, float]:
+        return self.history[-1] if self.history else {}
+
+
+class Evaluator:
+    """Generation metrics on a fixed set of validation conditions, with the same latent draws every
+    epoch so the curve reflects the model, not the noise. Exact solutions are enumerated once."""
+
+    def __init__(self, problem: Problem, val: Pairs, n_conditions: int, n_samples: int, seed: int):
+        n = min(n_conditions, len(val))
+        self.problem = problem
+        self.y = val.y[:n]
+        self.truth = val.x[:n]
+        self.n_samples = n_samples
+        self.seed = seed
+        self.solutions = enumerate_solutions(problem, self.y) if can_enumerate(problem) and n else None
+
+    def __call__(self, model: CVAE) -> dict[str, float]:
+        if len(self.y) == 0 or self.n_samples < 1:
+            return {}
+        gen = torch.Generator().manual_seed(self.seed)
+        samples = model.generate(self.y, self.n_samples, generator=gen)
+        return evaluate_samples(self.problem, samples, self.y, self.solutions, self.truth)
+
+
+@torch.no_grad()
+def validation_loss(model: CVAE, problem: Problem, val: Pairs, tc: TrainConfig, beta: float, batch: int = 4096) -> dict[str, float]:
+    was = model.training
+    model.eval()
+    sums: dict[str, float] = {}
+    try:
+        for i in range(0, len(val), batch):
+            xb, yb = val.x[i : i + batch], val.y[i : i + batch]
+            _, parts = loss_terms(model, problem, xb, yb, tc, beta)
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * len(xb)
+    finally:
+        model.train(was)
+    return {f"val_{k}": v / max(len(val), 1) for k, v in sums.items()}
+
+
+def beta_at(tc: TrainConfig, epoch: int, step_frac: float) -> float:
+    """Linear KL warm-up over the first `kl_warmup` epochs."""
+    if tc.kl_warmup <= 0:
+        return tc.beta
+    return tc.beta * min(1.0, (epoch + step_frac) / tc.kl_warmup)
+
+
+def train(
+    cfg: Config,
+    callback: EpochCallback | None = None,
+    data: tuple[Pairs, Pairs] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Train a model from scratch as `cfg` says. `callback(epoch, metrics)` runs after every epoch
+    with the validation metrics (it may raise, e.g. optuna.TrialPruned, to stop). Raises
+    NonFiniteLoss, naming the epoch, step and loss part, as soon as a loss turns NaN or inf."""
+    tc = cfg.train
+    problem = resolve_problem(cfg.data.problem)
+    device = resolve_device(tc.device)
+    torch.manual_seed(tc.seed)
+    np.random.seed(tc.seed % 2**32)
+    train_pairs, val_pairs = data if data is not None else load_data(cfg, problem)
+    train_pairs, val_pairs = train_pairs.to(device), val_pairs.to(device)
+    model = build_model(cfg.model, problem).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    n = len(train_pairs)
+    bs = max(1, min(tc.batch_size, n))
+    steps_per_epoch = math.ceil(n / bs)
+    total_steps = max(1, tc.epochs * steps_per_epoch)
+    sched = None
+    if tc.lr_schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    elif tc.lr_schedule != "constant":
+        raise UserError(f"train.lr_schedule: unknown {tc.lr_schedule!r}; use constant or cosine")
+    evaluator = Evaluator(problem, val_pairs, tc.eval_conditions, tc.eval_samples, tc.seed + 7)
+    gen = torch.Generator().manual_seed(tc.seed)
+    result = TrainResult(model, problem)
+    t_start = time.perf_counter()
+    for epoch in range(tc.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        perm = torch.randperm(n, generator=gen).to(device)
+        sums: dict[str, torch.Tensor] = {}
+        for step in range(steps_per_epoch):
+            idx = perm[step * bs : (step + 1) * bs]
+            beta = beta_at(tc, epoch, step / steps_per_epoch)
+            loss, parts = loss_terms(model, problem, train_pairs.x[idx], train_pairs.y[idx], tc, beta)
+            if not torch.isfinite(loss):
+                bad = [k for k, v in parts.items() if k != "loss" and not torch.isfinite(v)]
+                raise NonFiniteLoss(
+                    f"loss became {float(loss)} at epoch {epoch + 1}, step {step + 1} "
+                    f"(non-finite: {', '.join(bad) or 'total'}); lower the learning rate or enable grad_clip"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            opt.step()
+            if sched is not None:
+                sched.step()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v.detach()
+        train_seconds = time.perf_counter() - t0
+        metrics: dict[str, float] = {"epoch": epoch + 1}
+        metrics.update({f"train_{k}": float(v) / steps_per_epoch for k, v in sums.items()})
+        metrics.update(validation_loss(model, problem, val_pairs, tc, tc.beta))
+        metrics.update(evaluator(model))
+        metrics["epoch_seconds"] = train_seconds
+        metrics["eval_seconds"] = time.perf_counter() - t0 - train_seconds
+        result.history.append(metrics)
+        if log is not None:
+            log(
+                f"epoch {epoch + 1}/{tc.epochs}  loss {metrics['train_loss']:.4f}  "
+                f"val score {metrics.get('score', float('nan')):.4f}  misfit {metrics.get('misfit_rmse', float('nan')):.4f}  "
+                f"{train_seconds:.1f}s"
+            )
+        if callback is not None:
+            callback(epoch + 1, metrics)
+    result.seconds = time.perf_counter() - t_start
+    return result
