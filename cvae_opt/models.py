@@ -195,12 +195,13 @@ class CVAE(nn.Module):
         z = mu_q + torch.randn_like(mu_q) * torch.exp(0.5 * lv_q)
         return {"x_hat": self.decoder(z, y), "mu_q": mu_q, "logvar_q": lv_q, "mu_p": mu_p, "logvar_p": lv_p}
 
-    def draw(self, y: torch.Tensor, n: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
+    def draw(self, y: torch.Tensor, n: int = 1, eps: torch.Tensor | None = None) -> torch.Tensor:
         """n samples per y through the generation path, differentiable: (M, n, n_points, 2).
-        A CPU `generator` makes the draw reproducible on any device."""
+        `eps` (M, n, latent) fixes the standard-normal draws."""
         mu_p, lv_p = self.prior_params(y)
         m = y.shape[0]
-        eps = torch.randn(m, n, self.cfg.latent, generator=generator, device="cpu" if generator else y.device)
+        if eps is None:
+            eps = torch.randn(m, n, self.cfg.latent, device=y.device, dtype=y.dtype)
         z = mu_p.unsqueeze(1) + eps.to(y) * torch.exp(0.5 * lv_p).unsqueeze(1)
         y_rep = y.unsqueeze(1).expand(m, n, *y.shape[1:]).reshape(m * n, *y.shape[1:])
         return self.decoder(z.reshape(m * n, -1), y_rep).view(m, n, self.n_points, 2)
@@ -209,13 +210,18 @@ class CVAE(nn.Module):
     def generate(
         self, y: torch.Tensor, n: int, batch: int = 8192, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """n samples for each of M given y, (M, n, n_points, 2), in batches of about `batch` samples."""
+        """n samples for each of M given y, (M, n, n_points, 2), in batches of about `batch` samples.
+        With a (CPU) generator the result does not depend on the batch size or the device."""
         was_training = self.training
         self.eval()
         try:
             y = y.to(next(self.parameters()).device, torch.float32)
+            eps = torch.randn(y.shape[0], n, self.cfg.latent, generator=generator) if generator is not None else None
             per = max(1, batch // max(n, 1))
-            return torch.cat([self.draw(y[i : i + per], n, generator) for i in range(0, y.shape[0], per)])
+            return torch.cat([
+                self.draw(y[i : i + per], n, None if eps is None else eps[i : i + per])
+                for i in range(0, y.shape[0], per)
+            ])
         finally:
             self.train(was_training)
 

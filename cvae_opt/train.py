@@ -174,7 +174,7 @@ def train(
             if not torch.isfinite(loss):
                 bad = [k for k, v in parts.items() if k != "loss" and not torch.isfinite(v)]
                 raise NonFiniteLoss(
-                    f"loss became {float(loss)} at epoch {epoch + 1}, step {step + 1} "
+                    f"loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1} "
                     f"(non-finite: {', '.join(bad) or 'total'}); lower the learning rate or enable grad_clip"
                 )
             opt.zero_grad(set_to_none=True)
