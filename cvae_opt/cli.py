@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Callable
 
 from .errors import UserError
@@ -12,6 +13,7 @@ EXIT_INTERRUPTED = 130
 
 
 def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
+    quiet_libraries()
     try:
         return int(main(argv) or 0)
     except UserError as exc:
@@ -20,3 +22,11 @@ def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | N
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def quiet_libraries() -> None:
+    """Optuna's experimental-feature warnings and per-trial INFO lines drown our own progress output."""
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -1,0 +1,200 @@
+"""Trial -> config (the only place that calls `trial.suggest_*`) and the Optuna objective.
+
+The objective trains the config through `cvae_opt.train` (the same code `retrain` runs), reports the
+study metric every epoch for pruning, stores the metric components and the resolved config as user
+attributes, and uploads a checkpoint and a samples plot to the artifact store.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.artifacts import upload_artifact
+
+from .checkpoints import save_checkpoint
+from .config import Config
+from .data import Pairs
+from .errors import UserError
+from .metrics import can_enumerate
+from .plots import samples_figure, save_figure
+from .problems import resolve_problem
+from .studies import CONFIG_PATHS, StudySpec
+from .train import load_data, train
+
+RECORDED = (
+    "score", "misfit_rmse", "r2", "slope_signs", "valid_fraction", "diversity", "mode_precision", "mode_recall",
+    "truth_recall", "val_loss", "val_kl", "val_recon", "val_physics", "train_loss", "epoch", "epoch_seconds",
+)
+MODE_METRICS = ("mode_precision", "mode_recall")
+
+
+def suggest_config(trial: optuna.trial.BaseTrial, spec: StudySpec, base: Config | None = None) -> Config:
+    """Sample every parameter whose condition holds, in file order, and apply it to the base config."""
+    values: dict[str, Any] = {}
+    for p in spec.search:
+        if any(values.get(other, _MISSING) not in allowed for other, allowed in p.condition.items()):
+            continue
+        if p.type == "float":
+            v = trial.suggest_float(p.name, p.low, p.high, log=p.log, step=p.step)
+        elif p.type == "int":
+            v = trial.suggest_int(p.name, int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
+        else:
+            v = trial.suggest_categorical(p.name, p.choices)
+        values[p.name] = v
+    return apply_params(base or spec.base_config(), values)
+
+
+_MISSING = object()
+
+
+def apply_params(base: Config, values: dict[str, Any]) -> Config:
+    d = base.to_dict()
+    model = d["model"]
+    depth = int(values.get("conv_depth", len(model["channels"])))
+    if any(k in values for k in ("conv_channels", "conv_depth", "kernel_size")):
+        c = int(values.get("conv_channels", model["channels"][0]))
+        k = int(values.get("kernel_size", model["kernels"][0]))
+        model["channels"] = [c * 2**i for i in range(depth)]
+        model["kernels"] = [max(2, k // 2**i) for i in range(depth)]
+    for name, v in values.items():
+        if name in ("conv_channels", "conv_depth", "kernel_size"):
+            continue
+        section, _, key = CONFIG_PATHS[name].partition(".")
+        d[section][key] = v
+    return Config.from_dict(d)
+
+
+@dataclass
+class Overrides:
+    """Command-line budget overrides, applied on top of every suggested config."""
+
+    epochs: int | None = None
+    train_size: int | None = None
+    device: str | None = None
+    seed: int | None = None
+
+    def apply(self, cfg: Config) -> Config:
+        if self.epochs is not None:
+            cfg.train.epochs = self.epochs
+        if self.train_size is not None:
+            cfg.data.train_size = self.train_size
+        if self.device is not None:
+            cfg.train.device = self.device
+        if self.seed is not None:
+            cfg.train.seed = self.seed
+            cfg.data.seed = self.seed
+        return cfg
+
+
+class Objective:
+    def __init__(
+        self,
+        spec: StudySpec,
+        overrides: Overrides | None = None,
+        artifacts: optuna.artifacts.FileSystemArtifactStore | None = None,
+    ):
+        self.spec = spec
+        self.overrides = overrides or Overrides()
+        self.artifacts = artifacts
+        self.checkpoints = bool(spec.artifacts.get("checkpoints", True))
+        self.plots = bool(spec.artifacts.get("plots", True))
+        self.keep_best = spec.artifacts.get("keep_best")
+        self._data: dict[tuple, tuple[Pairs, Pairs]] = {}
+        problem = resolve_problem(spec.problem)
+        for m in spec.metrics:
+            if m in MODE_METRICS and not can_enumerate(problem):
+                raise UserError(
+                    f"{spec.path}: objective metric {m!r} needs enumerable modes, which problem {problem.name!r} "
+                    "does not have; use score, misfit_rmse or diversity"
+                )
+
+    def data_for(self, cfg: Config) -> tuple[Pairs, Pairs]:
+        """Data loaded once per process and data config, not once per trial."""
+        key = tuple(sorted(cfg.to_dict()["data"].items()))
+        if key not in self._data:
+            self._data[key] = load_data(cfg, resolve_problem(cfg.data.problem))
+        return self._data[key]
+
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        cfg = self.overrides.apply(suggest_config(trial, self.spec))
+        trial.set_user_attr("config", cfg.to_dict())
+        metrics = self.spec.metrics
+        multi = self.spec.multi_objective
+
+        def on_epoch(epoch: int, m: dict[str, float]) -> None:
+            if multi:
+                return  # Optuna cannot prune multi-objective trials (trial.report raises there)
+            value = m.get(metrics[0], math.nan)
+            trial.report(value, epoch)
+            if trial.should_prune():
+                record(trial, m)
+                trial.set_user_attr("pruned_at_epoch", epoch)
+                raise optuna.TrialPruned(f"pruned at epoch {epoch} with {metrics[0]} = {value:.4g}")
+
+        result = train(cfg, callback=on_epoch, data=self.data_for(cfg))
+        record(trial, result.last)
+        trial.set_user_attr("train_seconds", result.seconds)
+        values = [float(result.last[m]) for m in metrics]
+        if self.artifacts is not None:
+            self.upload(trial, cfg, result, values)
+        return values if multi else values[0]
+
+    def upload(self, trial: optuna.Trial, cfg: Config, result: Any, values: list[float]) -> None:
+        with tempfile.TemporaryDirectory(prefix="cvae-opt-") as tmp:
+            if self.checkpoints and self._in_top_k(trial, values):
+                f = save_checkpoint(Path(tmp) / f"trial-{trial.number}-checkpoint.pt", result.model, cfg, result.last)
+                aid = upload_artifact(
+                    artifact_store=self.artifacts, file_path=str(f), study_or_trial=trial,
+                    mimetype="application/octet-stream",
+                )
+                trial.set_user_attr("checkpoint_artifact", aid)
+            if self.plots:
+                val = self.data_for(cfg)[1]
+                fig = samples_figure(
+                    result.model, result.problem, val.y[:3].cpu(), n_samples=20, seed=cfg.train.seed,
+                    title=f"trial {trial.number}: " + ", ".join(f"{m} {v:.4g}" for m, v in zip(self.spec.metrics, values)),
+                )
+                f = save_figure(fig, Path(tmp) / f"trial-{trial.number}-samples.png")
+                aid = upload_artifact(artifact_store=self.artifacts, file_path=str(f), study_or_trial=trial, mimetype="image/png")
+                trial.set_user_attr("samples_artifact", aid)
+        if self.checkpoints and self.keep_best and not self.spec.multi_objective:
+            self._drop_beyond_top_k(trial.study)
+
+    def _ranked(self, study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+        done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        return sorted(done, key=lambda t: t.value, reverse=study.direction == optuna.study.StudyDirection.MAXIMIZE)
+
+    def _in_top_k(self, trial: optuna.Trial, values: list[float]) -> bool:
+        if not self.keep_best or self.spec.multi_objective:
+            return True
+        ranked = self._ranked(trial.study)
+        if len(ranked) < self.keep_best:
+            return True
+        kth = ranked[self.keep_best - 1].value
+        return values[0] > kth if trial.study.direction == optuna.study.StudyDirection.MAXIMIZE else values[0] < kth
+
+    def _drop_beyond_top_k(self, study: optuna.Study) -> None:
+        """Remove checkpoint files of trials that fell out of the best k (their samples plots stay)."""
+        removed = set(study.user_attrs.get("removed_checkpoints", []))
+        newly = []
+        for t in self._ranked(study)[self.keep_best :]:
+            aid = t.user_attrs.get("checkpoint_artifact")
+            if aid and aid not in removed:
+                try:
+                    self.artifacts.remove(aid)
+                except Exception:
+                    pass
+                newly.append(aid)
+        if newly:
+            study.set_user_attr("removed_checkpoints", sorted(removed | set(newly)))
+
+
+def record(trial: optuna.Trial, metrics: dict[str, float]) -> None:
+    for k in RECORDED:
+        if k in metrics and isinstance(metrics[k], (int, float)):
+            trial.set_user_attr(k, float(metrics[k]))

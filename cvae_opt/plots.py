@@ -1,0 +1,66 @@
+"""Pictures of generated samples against the given measurements, for trial artifacts and reports.
+
+For each shown y: the generated x0 and x1 lines (with the exact solutions dashed, where they can be
+enumerated) and, beside them, every condition's given y against forward(x_hat).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from .files import atomic_write  # noqa: E402
+from .metrics import can_enumerate, enumerate_solutions  # noqa: E402
+from .models import CVAE  # noqa: E402
+from .problems import Problem  # noqa: E402
+
+
+def samples_figure(
+    model: CVAE, problem: Problem, y: torch.Tensor, n_samples: int = 20, seed: int = 0, title: str = ""
+) -> plt.Figure:
+    y = y.detach().cpu().float()
+    samples = model.generate(y, n_samples, generator=torch.Generator().manual_seed(seed)).cpu().double()
+    with torch.no_grad():
+        fwd = problem(samples).numpy()
+    sols = enumerate_solutions(problem, y) if can_enumerate(problem) else None
+    m, k = y.shape[0], problem.k
+    t = np.arange(problem.n_points)
+    fig, axes = plt.subplots(m, 1 + k, figsize=(3.6 * (1 + k), 2.4 * m), squeeze=False)
+    for i in range(m):
+        ax = axes[i, 0]
+        if sols is not None:
+            for s in sols[i]:
+                ax.plot(t, s[:, 0], color="k", lw=0.8, ls="--", alpha=0.6)
+                ax.plot(t, s[:, 1], color="k", lw=0.8, ls="--", alpha=0.6)
+        for s in samples[i].numpy():
+            ax.plot(t, s[:, 0], color="tab:blue", lw=0.9, alpha=0.5)
+            ax.plot(t, s[:, 1], color="tab:orange", lw=0.9, alpha=0.5)
+        ax.set_ylim(problem.box[0] - 0.1, problem.box[1] + 0.1)
+        n_sol = f", {len(sols[i])} exact solutions dashed" if sols is not None else ""
+        ax.set_title(f"y #{i + 1}: x0 (blue), x1 (orange){n_sol}", fontsize=8)
+        for j in range(k):
+            ax = axes[i, 1 + j]
+            for f in fwd[i]:
+                ax.plot(t, f[:, j], color="tab:green", lw=0.8, alpha=0.35)
+            ax.plot(t, y[i, :, j].numpy(), color="k", lw=1.6)
+            ax.set_ylim(-1.2, 1.2) if problem.cosines else None
+            ax.set_title(f"y{j}: given (black) vs forward(x̂) (green)", fontsize=8)
+    for ax in axes.flat:
+        ax.tick_params(labelsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig: plt.Figure, path: Path | str, dpi: int = 90) -> Path:
+    try:
+        return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=dpi))
+    finally:
+        plt.close(fig)

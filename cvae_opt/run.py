@@ -1,0 +1,265 @@
+"""Run a study: `python -m cvae_opt.run --study cvae_re --trials 200`.
+
+TPE (or the study file's sampler) with pruning, trials stored in SQLite (or any SQLAlchemy URL),
+checkpoints and sample plots in the artifact store. Running the same command again resumes the study.
+`--jobs N` starts N worker processes on the same storage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from typing import Any
+
+import optuna
+
+from .cli import EXIT_INTERRUPTED, run_main
+from .errors import NonFiniteLoss, UserError
+from .objective import Objective, Overrides
+from .sampling import make_pruner, make_sampler, pruner_name
+from .storage import DEFAULT_ARTIFACTS, DEFAULT_STORAGE, artifact_store, mask_url, open_storage
+from .studies import StudySpec, load_study
+
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m cvae_opt.run",
+        description="Run (or resume) a hyperparameter study of a CVAE.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  python -m cvae_opt.run --study cvae_re --trials 200\n"
+        "  python -m cvae_opt.run --study both --trials 50 --jobs 2 --storage postgresql://user:pw@db/cvae\n"
+        "  python -m cvae_opt.run --study cvae --trials 3 --epochs 1 --train-size 2000   # smoke run",
+    )
+    ap.add_argument("--study", required=True, help="study name in studies/ (cvae, cvae_re, both) or a path to a study file")
+    ap.add_argument("--trials", "--n-trials", dest="trials", type=int, default=200, help="trials to add (default 200)")
+    ap.add_argument("--storage", default=DEFAULT_STORAGE, help=f"SQLAlchemy URL (default {DEFAULT_STORAGE})")
+    ap.add_argument("--study-name", help="name in the storage (default: the study file's name)")
+    ap.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    ap.add_argument("--jobs", "--n-jobs", dest="jobs", type=int, default=1, help="worker processes on the same storage")
+    ap.add_argument("--seed", type=int, help="sampler seed (worker i uses seed + i) and training/data seed")
+    ap.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the study's, auto)")
+    ap.add_argument("--sampler", help="override the study's sampler: tpe, random, cmaes, gp, qmc, nsgaii, nsgaiii")
+    ap.add_argument("--pruner", help="override the study's pruner: median, percentile, hyperband, successive_halving, threshold, patient, wilcoxon, none")
+    ap.add_argument("--n-startup-trials", type=int, help="random trials before the sampler models the results")
+    ap.add_argument("--epochs", type=int, help="override the study's epoch budget (smoke runs)")
+    ap.add_argument("--train-size", type=int, help="override the number of training pairs (smoke runs)")
+    ap.add_argument("--artifacts", default=DEFAULT_ARTIFACTS, help=f"artifact folder (default {DEFAULT_ARTIFACTS})")
+    ap.add_argument("--quiet", action="store_true", help="print only the summary")
+    ap.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    return ap
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    for name in ("trials", "jobs", "epochs", "train_size", "n_startup_trials"):
+        v = getattr(args, name)
+        if v is not None and v < (0 if name == "n_startup_trials" else 1):
+            raise UserError(f"--{name.replace('_', '-')} must be {'>= 0' if name == 'n_startup_trials' else 'a positive integer'}, got {v}")
+    if args.timeout is not None and args.timeout <= 0:
+        raise UserError(f"--timeout must be positive, got {args.timeout}")
+
+
+def _apply_cli(spec: StudySpec, args: argparse.Namespace) -> None:
+    if args.sampler:
+        same = args.sampler.lower() == spec.sampler["name"].lower()
+        spec.sampler = {"name": args.sampler, "args": spec.sampler["args"] if same else {}}
+    if args.pruner:
+        if args.pruner.lower() in ("none", "nop"):
+            spec.pruner = None
+        else:
+            same = spec.pruner is not None and args.pruner.lower() == spec.pruner["name"].lower()
+            spec.pruner = {"name": args.pruner, "args": spec.pruner["args"] if same else {}}
+
+
+def _counts(study: optuna.Study) -> dict[str, int]:
+    trials = study.get_trials(deepcopy=False)
+    out = {s.name.lower(): 0 for s in FINISHED}
+    for t in trials:
+        if t.state in FINISHED:
+            out[t.state.name.lower()] += 1
+    out["finished"] = sum(out[s.name.lower()] for s in FINISHED)
+    return out
+
+
+def _best(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
+
+
+def _fmt_elapsed(seconds: float) -> str:
+    return str(timedelta(seconds=int(seconds)))
+
+
+class Progress:
+    """One line per finished trial: count, its result, the best so far, the state counts, elapsed."""
+
+    def __init__(self, spec: StudySpec, total: int, start_finished: int, quiet: bool):
+        self.spec, self.total, self.start, self.quiet = spec, total, start_finished, quiet
+        self.t0 = time.perf_counter()
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if self.quiet:
+            return
+        c = _counts(study)
+        done = c["finished"] - self.start
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            res = ", ".join(f"{m} {v:.4g}" for m, v in zip(self.spec.metrics, trial.values))
+        elif trial.state == optuna.trial.TrialState.PRUNED:
+            res = f"pruned at epoch {trial.user_attrs.get('pruned_at_epoch', '?')}"
+        else:
+            res = "failed: " + str(trial.system_attrs.get("fail_reason", "")).splitlines()[-1][:160] if trial.system_attrs.get("fail_reason") else "failed"
+        if self.spec.multi_objective:
+            best = f"{len(study.best_trials)} on the Pareto front"
+        else:
+            b = _best(study)
+            best = f"best {b.value:.4g} (trial {b.number})" if b else "no complete trial yet"
+        print(
+            f"[{done:>{len(str(self.total))}}/{self.total}] trial {trial.number} {trial.state.name.lower()}: {res} | "
+            f"{best} | {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed | "
+            f"elapsed {_fmt_elapsed(time.perf_counter() - self.t0)}",
+            flush=True,
+        )
+
+
+def summary(study: optuna.Study, spec: StudySpec, url: str, artifacts: str, start: dict[str, int], seconds: float, interrupted: bool) -> str:
+    c = _counts(study)
+    run = {k: c[k] - start.get(k, 0) for k in c}
+    lines = [
+        f"{'interrupted' if interrupted else 'done'}: study {study.study_name!r} in {mask_url(url)} after {_fmt_elapsed(seconds)}",
+        f"  this run: {run['finished']} trials ({run['complete']} complete, {run['pruned']} pruned, {run['fail']} failed)",
+        f"  whole study: {c['finished']} trials ({c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed)",
+    ]
+    if spec.multi_objective:
+        front = study.best_trials
+        lines.append(f"  Pareto front ({', '.join(f'{m} {d}' for m, d in zip(spec.metrics, spec.directions))}): {len(front)} trials")
+        for t in front[:10]:
+            lines.append(f"    trial {t.number}: " + ", ".join(f"{m} {v:.4g}" for m, v in zip(spec.metrics, t.values)))
+    else:
+        b = _best(study)
+        if b is None:
+            lines.append("  no complete trial yet")
+        else:
+            lines.append(f"  best trial {b.number}: {spec.metrics[0]} = {b.value:.6g}")
+            for k, v in b.params.items():
+                lines.append(f"    {k}: {v:.4g}" if isinstance(v, float) else f"    {k}: {v}")
+    lines.append(f"  browse: optuna-dashboard {mask_url(url)} --artifact-dir {artifacts}")
+    lines.append(f"  report: python -m cvae_opt.report --study {study.study_name} --storage {mask_url(url)}")
+    if interrupted:
+        lines.append("  resume: run the same command again")
+    return "\n".join(lines)
+
+
+def _masked_argv(argv: list[str], url: str) -> str:
+    masked = mask_url(url)
+    return " ".join(shlex.quote(masked if a == url else a) for a in ["python", "-m", "cvae_opt.run", *argv])
+
+
+def _share(total: int, jobs: int, index: int) -> int:
+    return total // jobs + (1 if index < total % jobs else 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(argv)
+    _check_args(args)
+    spec = load_study(args.study)
+    _apply_cli(spec, args)
+    study_name = args.study_name or spec.name
+    worker = args.worker_index
+    seed = args.seed if args.seed is not None else spec.sampler["args"].get("seed")
+    sampler = make_sampler(spec.sampler, None if seed is None else seed + worker, args.n_startup_trials)
+    pruner = make_pruner(spec.pruner)
+    objective = Objective(spec, Overrides(args.epochs, args.train_size, args.device, args.seed), artifact_store(args.artifacts))
+    storage = open_storage(args.storage)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    directions = spec.directions
+    try:
+        study = optuna.create_study(
+            study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
+            directions=directions, load_if_exists=True,
+        )
+    except ValueError as exc:
+        raise UserError(f"study {study_name!r}: {exc}") from None
+    if [d.name.lower() for d in study.directions] != directions:
+        raise UserError(
+            f"study {study_name!r} in {mask_url(args.storage)} was created with directions "
+            f"{[d.name.lower() for d in study.directions]}, this study file asks for {directions}; "
+            "use another --study-name"
+        )
+    if worker == 0:
+        study.set_user_attr("study_file", spec.text)
+        study.set_user_attr("study_path", spec.path)
+        study.set_user_attr("metrics", spec.metrics)
+        study.set_user_attr("storage", mask_url(args.storage))
+        study.set_user_attr("artifacts", args.artifacts)
+        launches = list(study.user_attrs.get("launch_commands", []))
+        study.set_user_attr("launch_commands", launches + [_masked_argv(argv, args.storage)])
+        study.set_user_attr("launch_command", _masked_argv(argv, args.storage))
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.jobs))
+    quiet = args.quiet or worker > 0
+    start = _counts(study)
+    if worker == 0 and not quiet:
+        extra = ""
+        if spec.multi_objective and spec.pruner is not None:
+            extra = f"; note: Optuna does not prune multi-objective trials, so pruner {pruner_name(spec.pruner)} is not used"
+        print(
+            f"study {study_name!r} ({spec.path}) in {mask_url(args.storage)}: {start['finished']} trials so far; "
+            f"adding {args.trials} with {type(sampler).__name__}, pruner {pruner_name(None if spec.multi_objective else spec.pruner)}, "
+            f"{args.jobs} worker(s){extra}",
+            flush=True,
+        )
+    children: list[subprocess.Popen] = []
+    if worker == 0 and args.jobs > 1:
+        for i in range(1, args.jobs):
+            if _share(args.trials, args.jobs, i) == 0:
+                continue
+            cmd = [sys.executable, "-m", "cvae_opt.run", *argv, "--worker-index", str(i)]
+            children.append(subprocess.Popen(cmd))
+    t0 = time.perf_counter()
+    interrupted = False
+    try:
+        study.optimize(
+            objective,
+            n_trials=_share(args.trials, args.jobs, worker),
+            timeout=args.timeout,
+            catch=(NonFiniteLoss, UserError),
+            callbacks=[Progress(spec, args.trials, start["finished"], quiet)],
+            gc_after_trial=False,
+        )
+        for ch in children:
+            ch.wait()
+    except KeyboardInterrupt:
+        interrupted = True
+        for ch in children:
+            if ch.poll() is None:
+                ch.send_signal(signal.SIGINT)
+        for ch in children:
+            try:
+                ch.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                ch.kill()
+    if worker == 0:
+        print(summary(study, spec, args.storage, args.artifacts, start, time.perf_counter() - t0, interrupted), flush=True)
+    failed_children = [ch.returncode for ch in children if ch.returncode not in (0, EXIT_INTERRUPTED, -signal.SIGINT)]
+    if interrupted:
+        return EXIT_INTERRUPTED
+    if failed_children:
+        print(f"error: {len(failed_children)} worker process(es) exited with an error", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

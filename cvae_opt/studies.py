@@ -1,0 +1,289 @@
+"""Study files: one YAML file per study, holding everything a study needs besides its storage.
+
+    name: cvae_re                 # default study name in the storage
+    problem: two_birds            # or package.module:callable
+    data: {train_size: 20000, val_size: 2000, seed: 0}
+    budget: {epochs: 20}
+    objective: {metric: score, direction: maximize}
+        # or, multi-objective: {metrics: [misfit_rmse, diversity], directions: [minimize, maximize]}
+    sampler: {name: tpe, args: {n_startup_trials: 10, multivariate: true}}
+    pruner: {name: median, args: {n_startup_trials: 5, n_warmup_steps: 4}}    # or null
+    fixed: {arch: cvae_re, head: line}    # config values that are not searched
+    search:                       # in order; a condition may name only parameters above it
+      lr: {type: float, low: 1.0e-4, high: 3.0e-3, log: true}
+      prior_hidden: {type: int, low: 64, high: 512, log: true, condition: {arch: cvae_re}}
+
+A parameter's name is a config key (`lr`, `latent`...; `train.seed` where a short name is ambiguous)
+or one of the derived names `conv_channels`, `conv_depth`, `kernel_size`, which build the per-layer
+lists (channels double and kernels halve layer by layer, as in the notebooks' 32/64 with 16/8).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import Config, DataConfig, TrainConfig
+from .errors import UserError
+from .models import ModelConfig
+
+STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
+DERIVED = ("conv_channels", "conv_depth", "kernel_size")
+METRICS = (
+    "score", "misfit_rmse", "r2", "slope_signs", "valid_fraction", "diversity", "mode_precision",
+    "mode_recall", "truth_recall", "val_loss", "val_kl", "val_recon", "val_physics",
+)
+TOP_KEYS = ("name", "description", "problem", "data", "budget", "objective", "sampler", "pruner", "fixed", "search", "artifacts")
+
+
+def _config_paths() -> dict[str, str]:
+    """short name -> 'section.key' for every unambiguous config key, plus 'section.key' itself."""
+    paths: dict[str, list[str]] = {}
+    for section, cls in (("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig)):
+        for f in dataclasses.fields(cls):
+            paths.setdefault(f.name, []).append(f"{section}.{f.name}")
+    out = {k: v[0] for k, v in paths.items() if len(v) == 1}
+    for v in paths.values():
+        for p in v:
+            out[p] = p
+    return out
+
+
+CONFIG_PATHS = _config_paths()
+
+
+@dataclass
+class Param:
+    name: str
+    type: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list[Any] | None = None
+    condition: dict[str, list[Any]] = field(default_factory=dict)
+
+
+@dataclass
+class StudySpec:
+    name: str
+    path: str
+    text: str
+    problem: str
+    data: dict[str, Any]
+    epochs: int
+    metrics: list[str]
+    directions: list[str]
+    sampler: dict[str, Any]
+    pruner: dict[str, Any] | None
+    fixed: dict[str, Any]
+    search: list[Param]
+    artifacts: dict[str, Any]
+    description: str = ""
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.metrics) > 1
+
+    def base_config(self) -> Config:
+        """The config before any parameter is suggested: defaults, then data, budget and fixed values."""
+        d = Config().to_dict()
+        d["data"].update(self.data)
+        d["data"]["problem"] = self.problem
+        d["train"]["epochs"] = self.epochs
+        for key, value in self.fixed.items():
+            section, _, k = CONFIG_PATHS[key].partition(".")
+            d[section][k] = value
+        return Config.from_dict(d, where=f"{self.path}: fixed")
+
+
+def list_studies() -> list[str]:
+    return sorted(p.stem for p in STUDIES_DIR.glob("*.yaml")) if STUDIES_DIR.is_dir() else []
+
+
+def find_study_file(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.is_file():
+        if not p.is_file():
+            raise UserError(f"{p}: no such study file")
+        return p
+    candidate = STUDIES_DIR / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    raise UserError(f"unknown study {name_or_path!r}: use one of {list_studies()} or a path to a .yaml study file")
+
+
+def _err(path: str, key: str, msg: str) -> UserError:
+    return UserError(f"{path}: {key}: {msg}")
+
+
+def _num(v: Any, path: str, key: str) -> float:
+    if isinstance(v, bool):
+        raise _err(path, key, f"{v!r} is not a number")
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise _err(path, key, f"{v!r} is not a number") from None
+    if not math.isfinite(f):
+        raise _err(path, key, f"{v!r} is not a finite number")
+    return f
+
+
+def _param(name: str, raw: Any, path: str, earlier: dict[str, Param]) -> Param:
+    key = f"search.{name}"
+    if name not in CONFIG_PATHS and name not in DERIVED:
+        raise _err(path, key, f"not a config key nor one of {list(DERIVED)}")
+    if not isinstance(raw, dict):
+        raise _err(path, key, f"expected a mapping with 'type', found {type(raw).__name__}")
+    allowed = {"type", "low", "high", "log", "step", "choices", "condition"}
+    extra = sorted(set(raw) - allowed)
+    if extra:
+        raise _err(path, f"{key}.{extra[0]}", f"unknown key; allowed: {', '.join(sorted(allowed))}")
+    typ = raw.get("type")
+    if typ not in ("float", "int", "categorical"):
+        raise _err(path, f"{key}.type", f"unknown parameter type {typ!r}; use float, int or categorical")
+    p = Param(name=name, type=typ)
+    if typ == "categorical":
+        ch = raw.get("choices")
+        if not isinstance(ch, list) or not ch:
+            raise _err(path, f"{key}.choices", "a categorical parameter needs a non-empty list of choices")
+        if any(not isinstance(c, (str, int, float, bool)) and c is not None for c in ch):
+            raise _err(path, f"{key}.choices", "choices must be strings, numbers, booleans or null")
+        p.choices = ch
+        for k in ("low", "high", "log", "step"):
+            if k in raw:
+                raise _err(path, f"{key}.{k}", "not allowed for a categorical parameter")
+    else:
+        for k in ("low", "high"):
+            if k not in raw:
+                raise _err(path, f"{key}.{k}", f"missing; a {typ} parameter needs low and high")
+        p.low, p.high = _num(raw["low"], path, f"{key}.low"), _num(raw["high"], path, f"{key}.high")
+        if p.low > p.high:
+            raise _err(path, key, f"low {raw['low']} > high {raw['high']}")
+        p.log = raw.get("log", False)
+        if not isinstance(p.log, bool):
+            raise _err(path, f"{key}.log", f"{p.log!r} is not true or false")
+        if p.log and p.low <= 0:
+            raise _err(path, f"{key}.low", f"a log-scale range needs low > 0, found {raw['low']}")
+        if "step" in raw and raw["step"] is not None:
+            p.step = _num(raw["step"], path, f"{key}.step")
+            if p.step <= 0:
+                raise _err(path, f"{key}.step", "must be > 0")
+            if p.log:
+                raise _err(path, f"{key}.step", "step and log cannot be combined")
+        if typ == "int":
+            for k in ("low", "high", "step"):
+                v = getattr(p, k)
+                if v is not None and not float(v).is_integer():
+                    raise _err(path, f"{key}.{k}", f"{v} is not an integer")
+            if raw.get("choices") is not None:
+                raise _err(path, f"{key}.choices", "only categorical parameters take choices")
+    cond = raw.get("condition") or {}
+    if not isinstance(cond, dict):
+        raise _err(path, f"{key}.condition", "expected a mapping {parameter: value or list of values}")
+    for other, values in cond.items():
+        if other not in earlier:
+            raise _err(
+                path, f"{key}.condition.{other}",
+                "names no parameter defined above it in search (conditions may only look back)",
+            )
+        p.condition[other] = values if isinstance(values, list) else [values]
+    return p
+
+
+def load_study(name_or_path: str) -> StudySpec:
+    """Parse and check a study file; every mistake is reported with its key path."""
+    file = find_study_file(name_or_path)
+    path = str(file)
+    text = file.read_text()
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"{path}: malformed YAML{at}: {getattr(exc, 'problem', None) or exc}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of study settings at the top level")
+    extra = sorted(set(raw) - set(TOP_KEYS))
+    if extra:
+        raise _err(path, extra[0], f"unknown key; allowed: {', '.join(TOP_KEYS)}")
+    for k in ("objective", "sampler", "search"):
+        if k not in raw:
+            raise _err(path, k, "missing")
+
+    data = raw.get("data") or {}
+    if not isinstance(data, dict):
+        raise _err(path, "data", "expected a mapping")
+    budget = raw.get("budget") or {}
+    if not isinstance(budget, dict) or set(budget) - {"epochs"}:
+        raise _err(path, "budget", "expected a mapping with 'epochs'")
+    epochs = budget.get("epochs", TrainConfig.epochs)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise _err(path, "budget.epochs", f"{epochs!r} is not a positive integer")
+
+    obj = raw["objective"]
+    if not isinstance(obj, dict):
+        raise _err(path, "objective", "expected a mapping with metric and direction")
+    if "metrics" in obj:
+        metrics, directions = obj.get("metrics"), obj.get("directions")
+        if not isinstance(metrics, list) or not isinstance(directions, list) or len(metrics) != len(directions) or not metrics:
+            raise _err(path, "objective", "metrics and directions must be lists of one length")
+    else:
+        metrics, directions = [obj.get("metric", "score")], [obj.get("direction", "maximize")]
+    for i, (m, d) in enumerate(zip(metrics, directions)):
+        if m not in METRICS:
+            raise _err(path, "objective.metric", f"unknown metric {m!r}; use one of {', '.join(METRICS)}")
+        if d not in ("maximize", "minimize"):
+            raise _err(path, "objective.direction", f"{d!r}; use maximize or minimize")
+
+    def named(key: str, allow_none: bool) -> dict[str, Any] | None:
+        v = raw.get(key)
+        if v is None and allow_none:
+            return None
+        if isinstance(v, str):
+            v = {"name": v}
+        if not isinstance(v, dict) or "name" not in v or set(v) - {"name", "args"}:
+            raise _err(path, key, "expected {name: ..., args: {...}}")
+        args = v.get("args") or {}
+        if not isinstance(args, dict):
+            raise _err(path, f"{key}.args", "expected a mapping of keyword arguments")
+        return {"name": str(v["name"]), "args": args}
+
+    fixed = raw.get("fixed") or {}
+    if not isinstance(fixed, dict):
+        raise _err(path, "fixed", "expected a mapping of config keys to values")
+    for k in fixed:
+        if k not in CONFIG_PATHS:
+            raise _err(path, f"fixed.{k}", "not a config key")
+
+    search_raw = raw["search"]
+    if not isinstance(search_raw, dict) or not search_raw:
+        raise _err(path, "search", "expected a non-empty mapping of parameters")
+    params: dict[str, Param] = {}
+    for name, spec in search_raw.items():
+        params[str(name)] = _param(str(name), spec, path, params)
+    for p in params.values():
+        for other, values in p.condition.items():
+            q = params[other]
+            if q.type == "categorical":
+                bad = [v for v in values if v not in q.choices]
+                if bad:
+                    raise _err(path, f"search.{p.name}.condition.{other}", f"{bad[0]!r} is not one of {q.choices}")
+
+    artifacts = raw.get("artifacts") or {}
+    if not isinstance(artifacts, dict) or set(artifacts) - {"checkpoints", "plots", "keep_best"}:
+        raise _err(path, "artifacts", "expected {checkpoints: true|false, keep_best: K, plots: true|false}")
+
+    spec = StudySpec(
+        name=str(raw.get("name") or file.stem), path=path, text=text, problem=str(raw.get("problem", "two_birds")),
+        data=data, epochs=epochs, metrics=metrics, directions=directions, sampler=named("sampler", False),
+        pruner=named("pruner", True), fixed=fixed, search=list(params.values()), artifacts=artifacts,
+        description=str(raw.get("description", "")),
+    )
+    spec.base_config()  # type-checks data and fixed values now, not at the first trial
+    return spec

@@ -1,0 +1,207 @@
+"""A real study end to end, as a user runs it: processes, a SQLite file, artifacts, report, export,
+retrain, generate, evaluate."""
+
+import json
+import re
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+
+from cvae_opt.storage import open_storage
+
+SMOKE = ["--epochs", "1", "--train-size", "2000"]
+
+
+def cli(module, *args, cwd, timeout=600):
+    r = subprocess.run([sys.executable, "-m", f"cvae_opt.{module}", *map(str, args)], cwd=cwd,
+                       capture_output=True, text=True, timeout=timeout)
+    return r
+
+
+def study_of(tmp_path, name):
+    return optuna.load_study(study_name=name, storage=open_storage(f"sqlite:///{tmp_path}/storage/cvae_opt.db"))
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, challenge):
+    """3 trials of the shipped cvae_re study, 1 epoch on 2,000 pairs, in a fresh folder."""
+    d = tmp_path_factory.mktemp("study")
+    r = cli("run", "--study", "cvae_re", "--trials", 3, *SMOKE, cwd=d)
+    assert r.returncode == 0, r.stderr
+    return d, r
+
+
+def test_trials_are_recorded_with_attrs_and_artifacts(smoke):
+    d, r = smoke
+    assert (d / "storage" / "cvae_opt.db").is_file()
+    study = study_of(d, "cvae_re")
+    trials = study.get_trials()
+    assert len(trials) == 3 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    for t in trials:
+        for key in ("config", "score", "misfit_rmse", "r2", "mode_precision", "mode_recall", "val_loss"):
+            assert key in t.user_attrs, key
+        cfg = t.user_attrs["config"]
+        assert cfg["model"]["arch"] == "cvae_re" and cfg["train"]["epochs"] == 1 and cfg["data"]["train_size"] == 2000
+        assert cfg["train"]["lr"] == t.params["lr"] and cfg["model"]["latent"] == t.params["latent"]
+        assert len(cfg["model"]["channels"]) == t.params["conv_depth"]
+        assert t.intermediate_values and 1 in t.intermediate_values
+        metas = optuna.artifacts.get_all_artifact_meta(t, storage=study._storage)
+        kinds = sorted(m.mimetype for m in metas)
+        assert kinds == ["application/octet-stream", "image/png"]
+        for m in metas:
+            f = d / "storage" / "artifacts" / m.artifact_id
+            assert f.is_file() and f.stat().st_size > 1000
+    assert "study_file" in study.user_attrs and "search:" in study.user_attrs["study_file"]
+    assert "--trials 3" in study.user_attrs["launch_command"]
+    # progress and summary
+    out = r.stdout
+    assert "[1/3] trial 0" in out and "[3/3]" in out and "best" in out and "elapsed" in out
+    assert "this run: 3 trials (3 complete, 0 pruned, 0 failed)" in out and "best trial" in out
+
+
+def test_running_again_resumes_the_study(smoke):
+    d, _ = smoke
+    r = cli("run", "--study", "cvae_re", "--trials", 1, *SMOKE, "--quiet", cwd=d)
+    assert r.returncode == 0, r.stderr
+    assert "3 trials so far" not in r.stdout  # --quiet prints only the summary
+    assert "whole study: 4 trials" in r.stdout
+    study = study_of(d, "cvae_re")
+    assert len(study.trials) == 4
+    assert len(study.user_attrs["launch_commands"]) == 2
+
+
+def test_report_writes_every_file_and_opens_offline(smoke):
+    d, _ = smoke
+    r = cli("report", "--study", "cvae_re", cwd=d)
+    assert r.returncode == 0, r.stderr
+    out = d / "reports" / "cvae_re"
+    for name in ("index.html", "trials.csv", "best_model.pt", "best_config.yaml", "samples.png", "plotly.min.js",
+                 "history.html", "history.png", "intermediate.html", "intermediate.png", "parallel.html",
+                 "parallel.png", "slice.html", "slice.png", "contour.html", "contour.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert list(out.glob("importance_*_fanova.png")) and list(out.glob("importance_*_pedanova.png"))
+    for page in out.glob("*.html"):
+        text = page.read_text()
+        refs = re.findall(r'(?:src|href)\s*=\s*["\']([^"\']+)', text)
+        external = [u for u in refs if re.match(r"(?:[a-z]+:)?//", u)]
+        assert not external, (page.name, external)
+        for u in refs:
+            assert (out / u.split("#")[0]).exists(), (page.name, u)
+    import pandas as pd
+
+    df = pd.read_csv(out / "trials.csv")
+    assert len(df) >= 3 and "params_lr" in df.columns and "user_attrs_misfit_rmse" in df.columns
+
+
+def test_export_retrain_generate_evaluate(smoke, challenge):
+    d, _ = smoke
+    r = cli("export", "--study", "cvae_re", "--out", "best.yaml", cwd=d)
+    assert r.returncode == 0, r.stderr
+    exported = yaml.safe_load((d / "best.yaml").read_text())
+    assert set(exported) == {"data", "model", "train"} and exported["model"]["arch"] == "cvae_re"
+    best = study_of(d, "cvae_re").best_trial
+    assert exported == best.user_attrs["config"]
+    r = cli("retrain", "--config", "best.yaml", "--out", "retrained", cwd=d)
+    assert r.returncode == 0, r.stderr
+    for f in ("checkpoint.pt", "config.yaml", "metrics.json"):
+        assert (d / "retrained" / f).is_file()
+    metrics = json.loads((d / "retrained" / "metrics.json").read_text())
+    assert len(metrics["history"]) == 1 and "score" in metrics["final"]
+    # a retrain runs the same code as the trial: same config and seed give the same final metrics
+    assert metrics["final"]["val_loss"] == pytest.approx(best.user_attrs["val_loss"], rel=1e-4)
+    scoring = challenge / "scoring_dataset.pt"
+    r = cli("generate", "--checkpoint", "retrained/checkpoint.pt", "--conditions", scoring, "--samples", 30,
+            "--out", "sub.pt", cwd=d)
+    assert r.returncode == 0, r.stderr
+    sub = torch.load(d / "sub.pt", weights_only=False)
+    assert sub.tensors[0].shape == (1500, 1, 50, 2) and sub.tensors[1].shape == (1500, 1, 50, 2)
+    r = cli("evaluate", "--submission", "sub.pt", cwd=d)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["n_conditions"] == 50 and out["samples_per_condition"] == 30 and 0 <= out["mode_recall"] <= 1
+
+
+def write_study(path, **overrides):
+    spec = {
+        "name": "tiny", "problem": "two_birds", "data": {"train_size": 1000, "val_size": 200},
+        "budget": {"epochs": 3}, "objective": {"metric": "score", "direction": "maximize"},
+        "sampler": {"name": "random", "args": {"seed": 1}},
+        "pruner": {"name": "threshold", "args": {"lower": 0.9, "n_warmup_steps": 0}},
+        "fixed": {"latent": 4, "hidden": 32, "channels": [8], "kernels": [5], "eval_conditions": 10, "eval_samples": 3},
+        "search": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+    }
+    spec.update(overrides)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def test_a_pruner_that_prunes_does_prune(tmp_path):
+    f = write_study(tmp_path / "tiny.yaml")
+    r = cli("run", "--study", f, "--trials", 3, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    trials = study_of(tmp_path, "tiny").trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.PRUNED] * 3
+    assert all(t.user_attrs["pruned_at_epoch"] == 1 and list(t.intermediate_values) == [1] for t in trials)
+    assert "3 pruned" in r.stdout
+    # the same study without a pruner trains every epoch
+    r = cli("run", "--study", f, "--trials", 1, "--pruner", "none", "--study-name", "tiny-nop", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    t = study_of(tmp_path, "tiny-nop").trials[0]
+    assert t.state == optuna.trial.TrialState.COMPLETE and sorted(t.intermediate_values) == [1, 2, 3]
+
+
+def test_multi_objective_study_says_it_does_not_prune(tmp_path):
+    f = write_study(tmp_path / "mo.yaml", name="mo", sampler={"name": "nsgaii", "args": {"seed": 0}},
+                    objective={"metrics": ["misfit_rmse", "diversity"], "directions": ["minimize", "maximize"]})
+    r = cli("run", "--study", f, "--trials", 2, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "does not prune multi-objective" in r.stdout and "Pareto front" in r.stdout
+    trials = study_of(tmp_path, "mo").trials
+    assert all(t.state == optuna.trial.TrialState.COMPLETE and len(t.values) == 2 for t in trials)
+    r = cli("report", "--study", "mo", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "reports" / "mo" / "pareto_front.png").is_file()
+
+
+BAD_STUDIES = {
+    "unknown type": ({"search": {"lr": {"type": "double", "low": 0.1, "high": 1}}}, "search.lr.type: unknown parameter type 'double'"),
+    "low > high": ({"search": {"lr": {"type": "float", "low": 1.0, "high": 0.1}}}, "search.lr: low 1.0 > high 0.1"),
+    "bad condition": ({"search": {"lr": {"type": "float", "low": 0.1, "high": 1, "condition": {"arch": "cvae"}}}},
+                      "search.lr.condition.arch: names no parameter defined above it"),
+    "unknown param": ({"search": {"learning_rate": {"type": "float", "low": 0.1, "high": 1}}}, "search.learning_rate: not a config key"),
+    "unknown sampler": ({"sampler": {"name": "annealing"}}, "unknown sampler 'annealing'"),
+    "unknown pruner": ({"pruner": {"name": "guillotine"}}, "unknown pruner 'guillotine'"),
+    "unknown metric": ({"objective": {"metric": "accuracy", "direction": "maximize"}}, "objective.metric: unknown metric 'accuracy'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_STUDIES))
+def test_malformed_study_files_fail_with_the_key_path(tmp_path, case):
+    overrides, expect = BAD_STUDIES[case]
+    f = write_study(tmp_path / "bad.yaml", **overrides)
+    r = cli("run", "--study", f, "--trials", 1, cwd=tmp_path)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], r.stderr
+    assert not (tmp_path / "storage" / "cvae_opt.db").exists()
+
+
+def test_other_bad_input_is_one_line_and_exit_2(tmp_path):
+    (tmp_path / "broken.yaml").write_text("name: x\nsearch: {lr: {type: float, low: 1\n")
+    cases = [
+        (["--study", "nonexistent"], "unknown study 'nonexistent'"),
+        (["--study", tmp_path / "broken.yaml"], "malformed YAML"),
+        (["--study", "cvae", "--trials", 0], "--trials must be a positive integer"),
+        (["--study", "cvae", "--trials", -3], "--trials must be a positive integer"),
+        (["--study", "cvae", "--storage", "notaurl"], "malformed storage URL"),
+    ]
+    for args, expect in cases:
+        r = cli("run", *args, cwd=tmp_path)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and expect in lines[0], (args, r.stderr)
