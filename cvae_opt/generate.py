@@ -6,12 +6,35 @@ import torch
 
 from .data import Pairs
 from .models import CVAE
+from .problems import Problem
+from .refine import refine, select_diverse
 
 
-def generate_pairs(model: CVAE, y: torch.Tensor, n: int, seed: int = 0, batch: int = 8192) -> Pairs:
-    """n samples for each given y (M, P, k), in batches; rows ordered y by y, n rows each."""
+def generate_samples(
+    model: CVAE, y: torch.Tensor, n: int, seed: int = 0, batch: int = 8192,
+    refine_steps: int = 0, oversample: int = 1, problem: Problem | None = None, refine_lr: float = 0.05,
+) -> torch.Tensor:
+    """n samples per given y, (M, n, P, 2). Raw: one decoder pass per sample. With `refine_steps`, each
+    sample's end points are fitted to y (see `refine`); with `oversample` K > 1, K*n are drawn (and
+    refined) and the n that fit, farthest apart, are kept."""
+    if oversample < 1 or refine_steps < 0:
+        raise ValueError("oversample must be >= 1 and refine_steps >= 0")
     gen = torch.Generator().manual_seed(seed)
-    x = model.generate(y, n, batch=batch, generator=gen).cpu()  # (M, n, P, 2)
+    x = model.generate(y, n * oversample, batch=batch, generator=gen)  # (M, K*n, P, 2)
+    if refine_steps or oversample > 1:
+        if problem is None:
+            raise ValueError("refinement and oversampling need the problem")
+        yd = y.to(x.device)
+        if refine_steps:
+            x = refine(problem, x, yd, refine_steps, lr=refine_lr)
+        if oversample > 1:
+            x = select_diverse(problem, x, yd, n)
+    return x.cpu()
+
+
+def generate_pairs(model: CVAE, y: torch.Tensor, n: int, seed: int = 0, batch: int = 8192, **options) -> Pairs:
+    """n samples for each given y (M, P, k), in batches; rows ordered y by y, n rows each."""
+    x = generate_samples(model, y, n, seed=seed, batch=batch, **options)  # (M, n, P, 2)
     m = y.shape[0]
     y_rep = y.cpu().unsqueeze(1).expand(m, n, *y.shape[1:]).reshape(m * n, *y.shape[1:])
     return Pairs(x.reshape(m * n, *x.shape[2:]), y_rep.contiguous())
@@ -44,22 +67,35 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch", type=int, default=8192, help="samples per decoder pass")
+    ap.add_argument("--refine", type=int, default=0, metavar="STEPS",
+                    help="gradient steps fitting each sample's end points to its y (inside the box, slopes kept); 0 = raw")
+    ap.add_argument("--refine-lr", type=float, default=0.05, help="Adam step size of the refinement")
+    ap.add_argument("--oversample", type=int, default=1, metavar="K",
+                    help="draw K times the samples, (refine,) keep those that fit, farthest apart; 1 = off")
     args = ap.parse_args(argv)
     if args.samples < 1:
         raise UserError(f"--samples must be a positive integer, got {args.samples}")
+    if args.refine < 0 or args.oversample < 1:
+        raise UserError("--refine must be >= 0 and --oversample >= 1")
     model, cfg, _ = load_checkpoint(args.checkpoint, resolve_device(args.device))
     problem = resolve_problem(cfg.data.problem)
     cond = load_pairs(args.conditions, problem)
     t0 = time.perf_counter()
-    pairs = generate_pairs(model, cond.y, args.samples, seed=args.seed, batch=args.batch)
+    pairs = generate_pairs(
+        model, cond.y, args.samples, seed=args.seed, batch=args.batch, refine_steps=args.refine,
+        oversample=args.oversample, problem=problem, refine_lr=args.refine_lr,
+    )
     seconds = time.perf_counter() - t0
     save_pairs(args.out, pairs)
     meta = {
         "checkpoint": args.checkpoint, "conditions": args.conditions, "samples_per_condition": args.samples,
-        "n_conditions": len(cond), "seed": args.seed, "seconds": seconds, "refine_steps": 0, "oversample": 1,
+        "n_conditions": len(cond), "seed": args.seed, "seconds": seconds, "refine_steps": args.refine, "refine_lr": args.refine_lr,
+        "oversample": args.oversample, "mode": "raw" if not (args.refine or args.oversample > 1) else "refined",
     }
     atomic_write_text(Path(str(args.out) + ".json"), json.dumps(meta, indent=2) + "\n")
-    print(f"wrote {args.out}: {len(pairs)} samples ({len(cond)} conditions x {args.samples}) in {seconds:.2f}s")
+    opts = f", refined {args.refine} steps" if args.refine else ""
+    opts += f", oversampled x{args.oversample}" if args.oversample > 1 else ""
+    print(f"wrote {args.out}: {len(pairs)} samples ({len(cond)} conditions x {args.samples}{opts}) in {seconds:.2f}s")
     return 0
 
 

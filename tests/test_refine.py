@@ -1,0 +1,71 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+from cvae_opt.checkpoints import save_checkpoint
+from cvae_opt.config import Config
+from cvae_opt.data import load_pairs, sample_lines
+from cvae_opt.metrics import enumerate_solutions, evaluate_samples
+from cvae_opt.models import build_model
+from cvae_opt.problems import TWO_BIRDS
+from cvae_opt.refine import line_ends, refine, select_diverse
+
+
+def scoring(challenge):
+    p = load_pairs(challenge / "scoring_dataset.pt", TWO_BIRDS)
+    return p, enumerate_solutions(TWO_BIRDS, p.y)
+
+
+def test_refinement_pulls_near_misses_onto_the_solution_and_keeps_the_prior(challenge):
+    p, sols = scoring(challenge)
+    g = torch.Generator().manual_seed(0)
+    near = p.x.unsqueeze(1) + 0.004 * torch.randn(50, 4, 50, 2, generator=g)  # noisy, not straight
+    before = evaluate_samples(TWO_BIRDS, near, p.y, sols)
+    out = refine(TWO_BIRDS, near, p.y, steps=200, lr=0.01)
+    after = evaluate_samples(TWO_BIRDS, out, p.y, sols)
+    assert before["misfit_rmse"] > 0.05 and after["misfit_rmse"] < 0.005
+    assert after["mode_precision"] == 1.0 and after["r2"] > 0.9999 and after["slope_signs"] == 1.0
+    # from anywhere, outputs stay straight, inside the box and correctly sloped
+    rnd = torch.rand(50, 4, 50, 2, generator=g) * 1.4 - 0.2
+    r = refine(TWO_BIRDS, rnd, p.y, steps=20)
+    e = line_ends(r.double())
+    assert r.min() >= 0.1 - 1e-6 and r.max() <= 1.0 + 1e-6
+    assert (e[..., 0] >= e[..., 1] - 1e-9).all() and (e[..., 3] >= e[..., 2] - 1e-9).all()
+
+
+def test_select_diverse_prefers_distinct_valid_samples(challenge):
+    p, sols = scoring(challenge)
+    i = int(np.argmax([len(s) for s in sols]))  # a y with many solutions
+    s = torch.tensor(sols[i]).float()
+    rnd = sample_lines(TWO_BIRDS, 20, torch.Generator().manual_seed(1))
+    pool = torch.cat([s[:1].expand(20, 50, 2), rnd, s[1:4], s[:1]]).unsqueeze(0)  # duplicates, junk, 3 more modes
+    keep = select_diverse(TWO_BIRDS, pool, p.y[i : i + 1], 4)
+    m = evaluate_samples(TWO_BIRDS, keep, p.y[i : i + 1], [sols[i]])
+    assert m["mode_precision"] == 1.0 and m["mode_recall"] == 4 / len(sols[i])
+    # asking for more than there are distinct fits: repeats of fitting samples before any junk
+    keep = select_diverse(TWO_BIRDS, pool, p.y[i : i + 1], 8)
+    m = evaluate_samples(TWO_BIRDS, keep, p.y[i : i + 1], [sols[i]])
+    assert m["mode_precision"] == 1.0 and m["mode_recall"] == 4 / len(sols[i])
+    # and only when nothing else fits, the best of the rest
+    keep = select_diverse(TWO_BIRDS, pool[:, 19:], p.y[i : i + 1], 6)  # one copy of s[0], junk, 3 modes, s[0]
+    m = evaluate_samples(TWO_BIRDS, keep, p.y[i : i + 1], [sols[i]])
+    assert m["mode_precision"] == 5 / 6 and m["mode_recall"] == 4 / len(sols[i])
+
+
+def test_generate_cli_records_refinement_and_oversampling(tmp_path, challenge):
+    cfg = Config.from_dict({"model": {"latent": 4, "hidden": 32, "channels": [8], "kernels": [5]}})
+    ck = save_checkpoint(tmp_path / "m.pt", build_model(cfg.model, TWO_BIRDS), cfg)
+    out = tmp_path / "sub.pt"
+    args = [sys.executable, "-m", "cvae_opt.generate", "--checkpoint", ck, "--conditions",
+            challenge / "scoring_dataset.pt", "--samples", "5", "--out", out]
+    r = subprocess.run([*map(str, args), "--refine", "30", "--oversample", "3"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    meta = json.loads(out.with_name("sub.pt.json").read_text())
+    assert meta["refine_steps"] == 30 and meta["oversample"] == 3 and meta["mode"] == "refined"
+    sub = torch.load(out, weights_only=False)
+    assert sub.tensors[0].shape == (250, 1, 50, 2)
+    r = subprocess.run([*map(str, args), "--refine", "-1"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("error: ")
