@@ -8,6 +8,8 @@ attributes, and uploads a checkpoint and a samples plot to the artifact store.
 from __future__ import annotations
 
 import math
+import os
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +21,19 @@ from optuna.artifacts import upload_artifact
 from .checkpoints import save_checkpoint
 from .config import Config
 from .data import Pairs
-from .errors import UserError
+from .errors import NonFiniteLoss, UserError
 from .metrics import can_enumerate
 from .plots import samples_figure, save_figure
 from .problems import resolve_problem
 from .studies import CONFIG_PATHS, StudySpec
 from .train import load_data, train
+
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+class ArtifactError(RuntimeError):
+    """Writing a trial's checkpoint or plot failed (full disk, permissions): the trial fails, the study goes on."""
+
 
 RECORDED = (
     "score", "misfit_rmse", "r2", "slope_signs", "valid_fraction", "diversity", "mode_precision", "mode_recall",
@@ -112,6 +121,8 @@ class Objective:
                     f"{spec.path}: objective metric {m!r} needs enumerable modes, which problem {problem.name!r} "
                     "does not have; use score, misfit_rmse or diversity"
                 )
+        # load (or draw) the data now: a bad data file is refused before the storage is touched
+        self.data_for(self.overrides.apply(spec.base_config()))
 
     def data_for(self, cfg: Config) -> tuple[Pairs, Pairs]:
         """Data loaded once per process and data config, not once per trial."""
@@ -121,8 +132,17 @@ class Objective:
         return self._data[key]
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        try:
+            return self._run(trial)
+        except (NonFiniteLoss, UserError, ArtifactError) as exc:
+            # Optuna records no reason for a failed trial: keep it where the dashboard and report show it
+            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
+            raise
+
+    def _run(self, trial: optuna.Trial) -> float | list[float]:
         cfg = self.overrides.apply(suggest_config(trial, self.spec))
         trial.set_user_attr("config", cfg.to_dict())
+        trial.set_user_attr("worker", WORKER)
         metrics = self.spec.metrics
         multi = self.spec.multi_objective
 
@@ -145,6 +165,12 @@ class Objective:
         return values if multi else values[0]
 
     def upload(self, trial: optuna.Trial, cfg: Config, result: Any, values: list[float]) -> None:
+        try:
+            self._upload(trial, cfg, result, values)
+        except OSError as exc:  # a full disk fails this trial, never the study or earlier checkpoints
+            raise ArtifactError(f"writing the artifacts of trial {trial.number} failed: {exc}") from exc
+
+    def _upload(self, trial: optuna.Trial, cfg: Config, result: Any, values: list[float]) -> None:
         with tempfile.TemporaryDirectory(prefix="cvae-opt-") as tmp:
             if self.checkpoints and self._in_top_k(trial, values):
                 f = save_checkpoint(Path(tmp) / f"trial-{trial.number}-checkpoint.pt", result.model, cfg, result.last)

@@ -21,9 +21,9 @@ import optuna
 
 from .cli import EXIT_INTERRUPTED, run_main
 from .errors import NonFiniteLoss, UserError
-from .objective import Objective, Overrides
+from .objective import ArtifactError, Objective, Overrides
 from .sampling import make_pruner, make_sampler, pruner_name
-from .storage import DEFAULT_ARTIFACTS, DEFAULT_STORAGE, artifact_store, mask_url, open_storage
+from .storage import DEFAULT_ARTIFACTS, DEFAULT_STORAGE, HEARTBEAT_SECONDS, artifact_store, mask_url, open_storage
 from .studies import StudySpec, load_study
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
@@ -53,13 +53,16 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--epochs", type=int, help="override the study's epoch budget (smoke runs)")
     ap.add_argument("--train-size", type=int, help="override the number of training pairs (smoke runs)")
     ap.add_argument("--artifacts", default=DEFAULT_ARTIFACTS, help=f"artifact folder (default {DEFAULT_ARTIFACTS})")
+    ap.add_argument("--heartbeat", type=int, default=HEARTBEAT_SECONDS,
+                    help=f"seconds between worker heartbeats (default {HEARTBEAT_SECONDS}); a trial silent for 3x this "
+                    "long is marked failed and retried once")
     ap.add_argument("--quiet", action="store_true", help="print only the summary")
     ap.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     return ap
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    for name in ("trials", "jobs", "epochs", "train_size", "n_startup_trials"):
+    for name in ("trials", "jobs", "epochs", "train_size", "n_startup_trials", "heartbeat"):
         v = getattr(args, name)
         if v is not None and v < (0 if name == "n_startup_trials" else 1):
             raise UserError(f"--{name.replace('_', '-')} must be {'>= 0' if name == 'n_startup_trials' else 'a positive integer'}, got {v}")
@@ -117,7 +120,8 @@ class Progress:
         elif trial.state == optuna.trial.TrialState.PRUNED:
             res = f"pruned at epoch {trial.user_attrs.get('pruned_at_epoch', '?')}"
         else:
-            res = "failed: " + str(trial.system_attrs.get("fail_reason", "")).splitlines()[-1][:160] if trial.system_attrs.get("fail_reason") else "failed"
+            reason = str(trial.user_attrs.get("fail_reason", "")).strip()
+            res = f"failed: {reason.splitlines()[0][:200]}" if reason else "failed"
         if self.spec.multi_objective:
             best = f"{len(study.best_trials)} on the Pareto front"
         else:
@@ -180,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     sampler = make_sampler(spec.sampler, None if seed is None else seed + worker, args.n_startup_trials)
     pruner = make_pruner(spec.pruner)
     objective = Objective(spec, Overrides(args.epochs, args.train_size, args.device, args.seed), artifact_store(args.artifacts))
-    storage = open_storage(args.storage)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(args.storage, heartbeat=args.heartbeat)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported on the progress line
     directions = spec.directions
     try:
         study = optuna.create_study(
@@ -234,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             objective,
             n_trials=_share(args.trials, args.jobs, worker),
             timeout=args.timeout,
-            catch=(NonFiniteLoss, UserError),
+            catch=(NonFiniteLoss, UserError, ArtifactError),
             callbacks=[Progress(spec, args.trials, start["finished"], quiet)],
             gc_after_trial=False,
         )
@@ -252,11 +256,17 @@ def main(argv: list[str] | None = None) -> int:
                 ch.kill()
     if worker == 0:
         print(summary(study, spec, args.storage, args.artifacts, start, time.perf_counter() - t0, interrupted), flush=True)
-    failed_children = [ch.returncode for ch in children if ch.returncode not in (0, EXIT_INTERRUPTED, -signal.SIGINT)]
+    failed = [(i, ch) for i, ch in enumerate(children, 1) if ch.returncode not in (0, EXIT_INTERRUPTED, -signal.SIGINT)]
     if interrupted:
         return EXIT_INTERRUPTED
-    if failed_children:
-        print(f"error: {len(failed_children)} worker process(es) exited with an error", file=sys.stderr)
+    for i, ch in failed:
+        how = f"was killed by signal {-ch.returncode}" if ch.returncode < 0 else f"exited with status {ch.returncode}"
+        print(
+            f"error: worker {i} (pid {ch.pid}) {how}; finished trials are safe, a trial it left running is marked "
+            f"failed and re-queued {3 * args.heartbeat}s after its last heartbeat: run the same command again to finish it",
+            file=sys.stderr,
+        )
+    if failed:
         return 1
     return 0
 

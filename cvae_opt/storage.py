@@ -12,7 +12,6 @@ from .errors import UserError
 DEFAULT_STORAGE = "sqlite:///storage/cvae_opt.db"
 DEFAULT_ARTIFACTS = "storage/artifacts"
 HEARTBEAT_SECONDS = 60
-GRACE_SECONDS = 180
 
 
 def mask_url(url: str) -> str:
@@ -25,7 +24,7 @@ def mask_url(url: str) -> str:
         return url.split("@")[-1] if "@" in url else url
 
 
-def open_storage(url: str = DEFAULT_STORAGE) -> optuna.storages.BaseStorage:
+def open_storage(url: str = DEFAULT_STORAGE, heartbeat: int = HEARTBEAT_SECONDS) -> optuna.storages.BaseStorage:
     """An RDB storage with heartbeats: a worker killed mid-trial has its trial marked FAIL after the
     grace period and re-queued once with the same parameters, instead of staying RUNNING forever."""
     from sqlalchemy.engine import make_url
@@ -48,12 +47,15 @@ def open_storage(url: str = DEFAULT_STORAGE) -> optuna.storages.BaseStorage:
         return optuna.storages.RDBStorage(
             url,
             engine_kwargs=engine_kwargs,
-            heartbeat_interval=HEARTBEAT_SECONDS,
-            grace_period=GRACE_SECONDS,
+            heartbeat_interval=heartbeat,
+            grace_period=3 * heartbeat,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
         )
     except ImportError as exc:
-        raise UserError(f"storage {mask_url(url)}: needs a database driver that is not installed ({exc})") from None
+        raise UserError(
+            f"storage {mask_url(url)}: its database driver is not installed; "
+            'pip install "psycopg[binary]" (postgresql://) or pymysql (mysql+pymysql://)'
+        ) from None
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot open storage {mask_url(url)}: {first[:300]}") from None

@@ -1,0 +1,224 @@
+"""Crash safety with real processes on real SQLite files: killed workers, concurrency, Ctrl-C, NaN
+losses, full disks, and bad input that must leave stored trials and artifacts untouched."""
+
+import hashlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+from torch.utils.data import TensorDataset
+
+from cvae_opt.storage import open_storage
+
+S = optuna.trial.TrialState
+
+
+def tiny_study(path: Path, epochs=3, train_size=1000, **over) -> Path:
+    spec = {
+        "name": "tiny", "problem": "two_birds", "data": {"train_size": train_size, "val_size": 100},
+        "budget": {"epochs": epochs}, "objective": {"metric": "score", "direction": "maximize"},
+        "sampler": {"name": "random", "args": {"seed": 1}}, "pruner": None,
+        "fixed": {"latent": 4, "hidden": 32, "channels": [8], "kernels": [5], "eval_conditions": 10, "eval_samples": 3},
+        "artifacts": {"plots": False},
+        "search": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+    }
+    spec.update(over)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def run(cwd, *args, **kw):
+    return subprocess.run([sys.executable, "-m", "cvae_opt.run", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=kw.get("timeout", 600))
+
+
+def load(cwd, name="tiny"):
+    return optuna.load_study(study_name=name, storage=open_storage(f"sqlite:///{cwd}/storage/cvae_opt.db"))
+
+
+def integrity(cwd):
+    with sqlite3.connect(cwd / "storage" / "cvae_opt.db") as con:
+        return con.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+def test_four_workers_share_one_sqlite_file(tmp_path):
+    f = tiny_study(tmp_path / "tiny.yaml", epochs=1, train_size=500)
+    r = run(tmp_path, "--study", f, "--trials", 40, "--jobs", 4)
+    assert r.returncode == 0, r.stderr
+    assert "database is locked" not in r.stderr
+    trials = load(tmp_path).trials
+    assert len(trials) == 40 and all(t.state == S.COMPLETE for t in trials)
+    assert len({t.user_attrs["worker"] for t in trials}) == 4
+    assert integrity(tmp_path) == "ok"
+
+
+def test_a_killed_worker_loses_nothing_and_its_trial_is_retried(tmp_path):
+    f = tiny_study(tmp_path / "tiny.yaml", epochs=40, train_size=500)
+    proc = subprocess.Popen([sys.executable, "-m", "cvae_opt.run", "--study", str(f), "--trials", "8", "--jobs", "4",
+                             "--heartbeat", "1"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    victim = None
+    deadline = time.time() + 180
+    while victim is None and time.time() < deadline:
+        time.sleep(0.5)
+        if not (tmp_path / "storage" / "cvae_opt.db").exists():
+            continue
+        try:
+            running = [t for t in load(tmp_path).get_trials(states=(S.RUNNING,)) if "worker" in t.user_attrs]
+        except Exception:
+            continue
+        for t in running:
+            pid = int(t.user_attrs["worker"].rsplit(":", 1)[1])
+            if pid != proc.pid and 2 in t.intermediate_values:  # a child worker, in the middle of a trial
+                victim = (t.number, pid)
+                os.kill(pid, signal.SIGKILL)
+                break
+    assert victim, "no worker was caught in the middle of a trial"
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 1 and "was killed by signal 9" in err
+    time.sleep(4)  # past the grace period (3 x heartbeat)
+    r = run(tmp_path, "--study", f, "--trials", 1, "--heartbeat", "1")  # resume
+    assert r.returncode == 0, r.stderr
+    trials = load(tmp_path).trials
+    killed = trials[victim[0]]
+    assert killed.state == S.FAIL
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == victim[0]]
+    assert len(retries) == 1 and retries[0].state == S.COMPLETE and retries[0].params == killed.params
+    assert not [t for t in trials if t.state in (S.RUNNING, S.WAITING)]
+    assert [t.number for t in trials if t.state != S.COMPLETE] == [victim[0]]  # every other trial finished
+    assert integrity(tmp_path) == "ok"
+
+
+def test_ctrl_c_fails_the_running_trial_cleanly_and_the_study_resumes(tmp_path):
+    f = tiny_study(tmp_path / "tiny.yaml", epochs=30, train_size=500)
+    proc = subprocess.Popen([sys.executable, "-m", "cvae_opt.run", "--study", str(f), "--trials", "3"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.5)
+        try:
+            if any(2 in t.intermediate_values for t in load(tmp_path).get_trials(states=(S.RUNNING,))):
+                break
+        except Exception:
+            continue
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted: study 'tiny'" in out and "resume: run the same command again" in out
+    trials = load(tmp_path).trials
+    assert trials and not [t for t in trials if t.state == S.RUNNING]
+    r = run(tmp_path, "--study", f, "--trials", 1, "--epochs", 1)
+    assert r.returncode == 0, r.stderr
+    assert len(load(tmp_path).trials) == len(trials) + 1
+    assert integrity(tmp_path) == "ok"
+
+
+def test_nan_loss_fails_the_trial_with_the_reason_and_the_study_goes_on(tmp_path):
+    (tmp_path / "nanprob.py").write_text(textwrap.dedent("""
+        import torch
+        def forward(x):  # fine inside the prior box, NaN outside it (where an untrained signal head lands)
+            return torch.sqrt(x[..., :1] - 0.1) + torch.sqrt(x[..., 1:] - 0.1)
+    """))
+    f = tiny_study(tmp_path / "tiny.yaml", epochs=1, problem="nanprob:forward",
+                   fixed={"head": "signal", "latent": 4, "hidden": 32, "channels": [8], "kernels": [5],
+                          "eval_conditions": 10, "eval_samples": 3})
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-m", "cvae_opt.run", "--study", str(f), "--trials", "2"], cwd=tmp_path,
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    trials = load(tmp_path).trials
+    assert [t.state for t in trials] == [S.FAIL, S.FAIL]
+    assert "loss became nan at epoch 1, step 1" in trials[0].user_attrs["fail_reason"]
+    assert "2 failed" in r.stdout and "failed: NonFiniteLoss: loss became nan" in r.stdout
+
+
+def test_a_full_disk_fails_that_trial_and_keeps_earlier_checkpoints(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    f = tiny_study(tmp_path / "tiny.yaml", epochs=1, train_size=500)
+    from cvae_opt import checkpoints, run as run_mod
+
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def flaky_save(obj, fh, *a, **k):
+        if isinstance(obj, dict) and "format" in obj:  # checkpoints only
+            calls["n"] += 1
+        if calls["n"] == 2 and isinstance(obj, dict) and "format" in obj:  # the second checkpoint: the disk is full half-way through
+            fh.write(b"partial")
+            raise OSError(28, "No space left on device")
+        return real_save(obj, fh, *a, **k)
+
+    monkeypatch.setattr(checkpoints.torch, "save", flaky_save)
+    assert run_mod.main(["--study", str(f), "--trials", "3", "--quiet"]) == 0
+    trials = load(tmp_path).trials
+    assert [t.state for t in trials] == [S.COMPLETE, S.FAIL, S.COMPLETE]
+    assert "No space left on device" in trials[1].user_attrs["fail_reason"]
+    for t in (trials[0], trials[2]):
+        ck = tmp_path / "storage" / "artifacts" / t.user_attrs["checkpoint_artifact"]
+        assert torch.load(ck, weights_only=True)["format"] == "cvae-opt-checkpoint/1"
+    leftovers = [p for p in (tmp_path / "storage").rglob("*") if p.name.endswith(".tmp")]
+    assert not leftovers
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(tmp_path):
+    good = tiny_study(tmp_path / "good.yaml", epochs=1, train_size=300)
+    assert run(tmp_path, "--study", good, "--trials", 1).returncode == 0
+    before = tree_digest(tmp_path / "storage")
+    assert any(k.startswith("artifacts/") for k in before) and "cvae_opt.db" in before
+
+    x = torch.rand(20, 1, 50, 2) * 0.9 + 0.1
+    torch.save(TensorDataset(x, torch.rand(20, 1, 49, 2)), tmp_path / "shape.pt")
+    (tmp_path / "corrupt.pt").write_bytes(b"PK\x03\x04 definitely not a zip")
+    ynan = torch.cos(x)
+    ynan[3, 0, 7, 0] = float("nan")
+    torch.save(TensorDataset(x, ynan), tmp_path / "nan.pt")
+    (tmp_path / "wrongshape.py").write_text("def forward(x):\n    return x[..., 0]\n")
+
+    def study(name, **over):
+        return tiny_study(tmp_path / f"{name}.yaml", epochs=1, train_size=300, **over)
+
+    search = {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
+    cases = [
+        (["--study", "no_such_study"], "unknown study 'no_such_study'"),
+        (["--study", tmp_path / "missing.yaml"], "no such study file"),
+        (["--study", study("yamlerr")], None),  # replaced below by broken YAML
+        (["--study", study("type", search={"lr": {"type": "real", "low": 0.1, "high": 1}})], "search.lr.type: unknown parameter type"),
+        (["--study", study("range", search={"lr": {"type": "float", "low": 1, "high": 0.1}})], "search.lr: low 1 > high 0.1"),
+        (["--study", study("cond", search={"lr": {"type": "float", "low": 0.1, "high": 1, "condition": {"head": "line"}}})], "search.lr.condition.head"),
+        (["--study", good, "--storage", "sqlite:/nonsense::"], "storage"),
+        (["--study", good, "--storage", "notaurl"], "malformed storage URL"),
+        (["--study", good, "--storage", "postgresql://user:secret@127.0.0.1:1/db"], "cannot open storage"),
+        (["--study", good, "--sampler", "annealing"], "unknown sampler 'annealing'"),
+        (["--study", good, "--pruner", "guillotine"], "unknown pruner 'guillotine'"),
+        (["--study", study("corrupt", data={"train_file": str(tmp_path / "corrupt.pt"), "val_size": 100})], "not a readable torch file"),
+        (["--study", study("shape", data={"train_file": str(tmp_path / "shape.pt"), "val_size": 100})], "has shape (20, 1, 49, 2)"),
+        (["--study", study("nan", data={"val_file": str(tmp_path / "nan.pt"), "train_size": 300})], "holds NaN"),
+        (["--study", good, "--trials", 0], "--trials must be a positive integer"),
+        (["--study", good, "--trials", -1], "--trials must be a positive integer"),
+        (["--study", study("noimport", problem="no_such_pkg.mod:forward")], "cannot import module 'no_such_pkg.mod'"),
+        (["--study", study("wrongk", problem="wrongshape:forward")], "expected (2, 3, 50, k)"),
+    ]
+    (tmp_path / "yamlerr.yaml").write_text("name: x\nsearch:\n  lr: {type: float, low: [1\n")
+    cases[2] = (cases[2][0], "malformed YAML")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    for args, expect in cases:
+        r = subprocess.run([sys.executable, "-m", "cvae_opt.run", *map(str, args)], cwd=tmp_path, capture_output=True,
+                           text=True, env=env, timeout=120)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2, (args, r.stderr)
+        assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], (args, r.stderr)
+        assert "secret" not in r.stderr + r.stdout
+        assert tree_digest(tmp_path / "storage") == before, args
