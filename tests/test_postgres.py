@@ -1,0 +1,41 @@
+"""Several workers on a real PostgreSQL server. `.ci/run` starts one on 127.0.0.1 and sets
+CVAE_OPT_TEST_POSTGRES_URL; in CI a missing server fails the run instead of skipping it."""
+
+import os
+import subprocess
+import sys
+import uuid
+
+import optuna
+import pytest
+
+from test_reliability import tiny_study
+
+URL = os.environ.get("CVAE_OPT_TEST_POSTGRES_URL")
+
+
+@pytest.fixture
+def pg_url():
+    if not URL:
+        if os.environ.get("CI"):
+            pytest.fail("CI must provide a PostgreSQL server: CVAE_OPT_TEST_POSTGRES_URL is not set (see .ci/run)")
+        pytest.skip("no PostgreSQL server: set CVAE_OPT_TEST_POSTGRES_URL=postgresql://user@127.0.0.1:PORT/db")
+    return URL
+
+
+def test_two_workers_on_postgresql(tmp_path, pg_url):
+    f = tiny_study(tmp_path / "tiny.yaml", epochs=1, train_size=300)
+    name = f"pg-{uuid.uuid4().hex[:8]}"
+    r = subprocess.run([sys.executable, "-m", "cvae_opt.run", "--study", str(f), "--study-name", name, "--storage", pg_url,
+                        "--trials", "20", "--jobs", "2"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    study = optuna.load_study(study_name=name, storage=pg_url)
+    trials = study.trials
+    assert len(trials) == 20 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert len({t.user_attrs["worker"] for t in trials}) == 2
+    assert "this run: 20 trials (20 complete" in r.stdout
+    # a report straight from the server
+    r = subprocess.run([sys.executable, "-m", "cvae_opt.report", "--study", name, "--storage", pg_url], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "reports" / name / "index.html").is_file()
