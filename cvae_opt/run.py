@@ -127,10 +127,12 @@ class Progress:
         else:
             b = _best(study)
             best = f"best {b.value:.4g} (trial {b.number})" if b else "no complete trial yet"
+        elapsed = time.perf_counter() - self.t0
+        eta = f", ETA {_fmt_elapsed(elapsed / max(done, 1) * max(self.total - done, 0))}" if 0 < done < self.total else ""
         print(
             f"[{done:>{len(str(self.total))}}/{self.total}] trial {trial.number} {trial.state.name.lower()}: {res} | "
             f"{best} | {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed | "
-            f"elapsed {_fmt_elapsed(time.perf_counter() - self.t0)}",
+            f"elapsed {_fmt_elapsed(elapsed)}{eta}",
             flush=True,
         )
 

@@ -195,10 +195,12 @@ def train(
         metrics["eval_seconds"] = time.perf_counter() - t0 - train_seconds
         result.history.append(metrics)
         if log is not None:
+            elapsed = time.perf_counter() - t_start
+            eta = elapsed / (epoch + 1) * (tc.epochs - epoch - 1)
             log(
                 f"epoch {epoch + 1}/{tc.epochs}  loss {metrics['train_loss']:.4f}  "
                 f"val score {metrics.get('score', float('nan')):.4f}  misfit {metrics.get('misfit_rmse', float('nan')):.4f}  "
-                f"{train_seconds:.1f}s"
+                f"{train_seconds:.1f}s/epoch  elapsed {elapsed:.0f}s  ETA {eta:.0f}s"
             )
         if callback is not None:
             callback(epoch + 1, metrics)

@@ -1,0 +1,109 @@
+"""Training-loop overhead and generation throughput, measured side by side in one run.
+
+For each model: the epoch time of `cvae_opt.train` (its training loop, validation excluded) against an
+in-memory floor: the same model, loss and optimizer stepping over batches sliced beforehand, nothing
+else. Runs alternate (ours, floor, ours, floor...) and the medians are compared. Then the time to
+draw 50 x 30 samples.
+
+    python benchmarks/throughput.py                       # 20,000 pairs, CPU or the GPU if present
+    python benchmarks/throughput.py --pairs 100000 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cvae_opt.config import Config  # noqa: E402
+from cvae_opt.data import make_pairs  # noqa: E402
+from cvae_opt.models import build_model  # noqa: E402
+from cvae_opt.problems import resolve_problem  # noqa: E402
+from cvae_opt.train import loss_terms, resolve_device, train  # noqa: E402
+
+MODELS = {
+    "seed-size cvae_re (studies/baselines/seed_recipe.yaml)": "studies/baselines/seed_recipe.yaml",
+    "default study model (line head)": None,
+}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def floor_epoch(cfg: Config, data, device: torch.device) -> float:
+    problem = resolve_problem(cfg.data.problem)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, problem).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    x, y = data[0].x.to(device), data[0].y.to(device)
+    bs = cfg.train.batch_size
+    batches = [(x[i : i + bs], y[i : i + bs]) for i in range(0, len(x), bs)]
+    sync(device)
+    t0 = time.perf_counter()
+    for xb, yb in batches:
+        loss, _ = loss_terms(model, problem, xb, yb, cfg.train, cfg.train.beta)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def our_epoch(cfg: Config, data) -> tuple[float, object]:
+    res = train(cfg, data=data)
+    return res.history[0]["epoch_seconds"], res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pairs", type=int, default=20000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+    device = resolve_device(args.device)
+    print(f"throughput, {date.today()}, {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
+          f"{args.pairs} pairs, median of {args.repeats}")
+    print("| model | our epoch (s) | in-memory floor (s) | ratio | generate 50 x 30 (s) | samples/s |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for label, path in MODELS.items():
+        cfg = Config.from_yaml_file(ROOT / path) if path else Config()
+        cfg.data.train_size, cfg.data.val_size = args.pairs, 500
+        cfg.train.epochs, cfg.train.device = 1, str(device)
+        cfg.train.eval_conditions = 0
+        problem = resolve_problem(cfg.data.problem)
+        data = (make_pairs(problem, args.pairs, 0, cache_dir=None), make_pairs(problem, 500, 1, cache_dir=None))
+        ours, floor = [], []
+        floor_epoch(cfg, data, device)  # warm-up (allocator, kernels)
+        for _ in range(args.repeats):
+            t, res = our_epoch(cfg, data)
+            ours.append(t)
+            floor.append(floor_epoch(cfg, data, device))
+        y = data[1].y[:50].to(device)
+        res.model.generate(y, 30)
+        gens = []
+        for _ in range(5):
+            sync(device)
+            t0 = time.perf_counter()
+            res.model.generate(y, 30, generator=torch.Generator().manual_seed(0))
+            sync(device)
+            gens.append(time.perf_counter() - t0)
+        o, f, g = statistics.median(ours), statistics.median(floor), statistics.median(gens)
+        print(f"| {label} | {o:.2f} | {f:.2f} | {o / f:.3f} | {g:.4f} | {1500 / g:,.0f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
