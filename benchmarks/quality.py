@@ -44,7 +44,7 @@ def main() -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, help="override every config's epochs (quick looks only)")
     ap.add_argument("--samples", type=int, default=30)
-    ap.add_argument("--refine", type=int, default=300)
+    ap.add_argument("--refine", type=int, default=600)
     ap.add_argument("--oversample", type=int, default=10)
     ap.add_argument("--scoring", default=SCORING)
     ap.add_argument("--out", default="reports/quality.json")

@@ -12,7 +12,7 @@ from .refine import refine, select_diverse
 
 def generate_samples(
     model: CVAE, y: torch.Tensor, n: int, seed: int = 0, batch: int = 8192,
-    refine_steps: int = 0, oversample: int = 1, problem: Problem | None = None, refine_lr: float = 0.05,
+    refine_steps: int = 0, oversample: int = 1, problem: Problem | None = None, refine_lr: float = 0.2,
 ) -> torch.Tensor:
     """n samples per given y, (M, n, P, 2). Raw: one decoder pass per sample. With `refine_steps`, each
     sample's end points are fitted to y (see `refine`); with `oversample` K > 1, K*n are drawn (and
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=8192, help="samples per decoder pass")
     ap.add_argument("--refine", type=int, default=0, metavar="STEPS",
                     help="gradient steps fitting each sample's end points to its y (inside the box, slopes kept); 0 = raw")
-    ap.add_argument("--refine-lr", type=float, default=0.05, help="Adam step size of the refinement")
+    ap.add_argument("--refine-lr", type=float, default=0.2, help="initial Adam step size of the refinement (cosine decay)")
     ap.add_argument("--oversample", type=int, default=1, metavar="K",
                     help="draw K times the samples, (refine,) keep those that fit, farthest apart; 1 = off")
     args = ap.parse_args(argv)

@@ -159,6 +159,7 @@ class Objective:
         result = train(cfg, callback=on_epoch, data=self.data_for(cfg))
         record(trial, result.last)
         trial.set_user_attr("train_seconds", result.seconds)
+        trial.set_user_attr("train_loop_seconds", sum(h["epoch_seconds"] for h in result.history))
         values = [float(result.last[m]) for m in metrics]
         if self.artifacts is not None:
             self.upload(trial, cfg, result, values)

@@ -13,6 +13,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import timedelta
 from typing import Any
@@ -174,6 +175,18 @@ def _share(total: int, jobs: int, index: int) -> int:
     return total // jobs + (1 if index < total % jobs else 0)
 
 
+def _interruptible() -> None:
+    """Ctrl-C (SIGINT) and a scheduler's SIGTERM both end the study cleanly: the running trial is
+    failed, the summary printed, exit 130. SIGINT is re-armed because shells start background jobs
+    with it ignored."""
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, stop)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
@@ -187,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     pruner = make_pruner(spec.pruner)
     objective = Objective(spec, Overrides(args.epochs, args.train_size, args.device, args.seed), artifact_store(args.artifacts))
     storage = open_storage(args.storage, heartbeat=args.heartbeat)
+    if threading.current_thread() is threading.main_thread():
+        _interruptible()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported on the progress line
     directions = spec.directions
     try:
