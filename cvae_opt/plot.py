@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .checkpoints import load_checkpoint
 from .cli import run_main
 from .data import load_pairs
 from .errors import UserError
+from .generate import generate_samples
 from .plots import samples_figure, save_figure
 from .problems import resolve_problem
 
@@ -30,14 +32,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=4, help="how many given y (rows), default 4")
     ap.add_argument("--samples", type=int, default=30, help="samples per y, default 30")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--refine", type=int, default=0, metavar="STEPS", help="refine the samples first (as generate does)")
+    ap.add_argument("--oversample", type=int, default=1, metavar="K", help="oversample and keep the diverse fits (as generate does)")
     args = ap.parse_args(argv)
-    if args.n < 1 or args.samples < 1:
-        raise UserError("--n and --samples must be positive")
+    if args.n < 1 or args.samples < 1 or args.refine < 0 or args.oversample < 1:
+        raise UserError("--n and --samples must be positive, --refine >= 0, --oversample >= 1")
     model, cfg, _ = load_checkpoint(args.checkpoint)
     problem = resolve_problem(cfg.data.problem)
     cond = load_pairs(args.conditions, problem)
-    fig = samples_figure(model, problem, cond.y[: args.n], n_samples=args.samples, seed=args.seed,
-                         title=f"{args.checkpoint}: {args.samples} samples per given y")
+    y = cond.y[: args.n]
+    samples = generate_samples(model, y, args.samples, seed=args.seed, refine_steps=args.refine,
+                               oversample=args.oversample, problem=problem)
+    how = "raw" if not (args.refine or args.oversample > 1) else f"refine {args.refine}, oversample x{args.oversample}"
+    fig = samples_figure(model, problem, y, samples=samples,
+                         title=f"{Path(args.checkpoint).name}: {args.samples} samples per given y ({how})")
     save_figure(fig, args.out)
     print(f"wrote {args.out}")
     return 0

@@ -22,10 +22,14 @@ from .problems import Problem  # noqa: E402
 
 
 def samples_figure(
-    model: CVAE, problem: Problem, y: torch.Tensor, n_samples: int = 20, seed: int = 0, title: str = ""
+    model: CVAE | None, problem: Problem, y: torch.Tensor, n_samples: int = 20, seed: int = 0, title: str = "",
+    samples: torch.Tensor | None = None,
 ) -> plt.Figure:
+    """Draw `samples` (M, S, P, 2) for y (M, P, k), or, without them, n_samples drawn from `model`."""
     y = y.detach().cpu().float()
-    samples = model.generate(y, n_samples, generator=torch.Generator().manual_seed(seed)).cpu().double()
+    if samples is None:
+        samples = model.generate(y, n_samples, generator=torch.Generator().manual_seed(seed))
+    samples = samples.detach().cpu().double()
     with torch.no_grad():
         fwd = problem(samples).numpy()
     sols = enumerate_solutions(problem, y) if can_enumerate(problem) else None
