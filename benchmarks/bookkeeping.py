@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine_line  # noqa: E402
 from cvae_opt import run as run_cli  # noqa: E402
+from cvae_opt.cli import quiet_libraries  # noqa: E402
 from cvae_opt.storage import open_storage  # noqa: E402
 
 
@@ -76,6 +77,7 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--train-size", type=int, default=20000)
     args = ap.parse_args()
+    quiet_libraries()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
         real = real_trials(args, Path(tmp))

@@ -23,12 +23,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine_line  # noqa: E402
 from cvae_opt import run as run_cli  # noqa: E402
+from cvae_opt.cli import quiet_libraries  # noqa: E402
 from cvae_opt.export import trial_config  # noqa: E402
 from cvae_opt.train import train  # noqa: E402
 
 
 def one(study: str, pruner: str | None, args, folder: Path) -> tuple[optuna.Study, float]:
     url = f"sqlite:///{folder}/{pruner or 'default'}.db"
+    quiet_libraries()
     argv = ["--study", study, "--trials", str(args.trials), "--epochs", str(args.epochs), "--train-size",
             str(args.train_size), "--storage", url, "--artifacts", str(folder / "artifacts"), "--seed", str(args.seed),
             "--quiet"]
@@ -46,11 +48,12 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--train-size", type=int, default=5000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pruner", help="pruner of the pruned run (default: the study file's)")
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for label, pruner in (("study pruner", None), ("no pruner", "none")):
+        for label, pruner in ((f"pruner {args.pruner or 'of the study file'}", args.pruner), ("no pruner", "none")):
             study, wall = one(args.study, pruner, args, Path(tmp))
             epochs = sum(len(t.intermediate_values) for t in study.trials)
             pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
