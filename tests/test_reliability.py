@@ -62,13 +62,13 @@ def test_four_workers_share_one_sqlite_file(tmp_path):
 
 
 def test_a_killed_worker_loses_nothing_and_its_trial_is_retried(tmp_path):
-    f = tiny_study(tmp_path / "tiny.yaml", epochs=40, train_size=500)
+    f = tiny_study(tmp_path / "tiny.yaml", epochs=100, train_size=500)
     proc = subprocess.Popen([sys.executable, "-m", "cvae_opt.run", "--study", str(f), "--trials", "8", "--jobs", "4",
                              "--heartbeat", "1"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     victim = None
     deadline = time.time() + 180
-    while victim is None and time.time() < deadline:
-        time.sleep(0.5)
+    while victim is None and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
         if not (tmp_path / "storage" / "cvae_opt.db").exists():
             continue
         try:
@@ -98,17 +98,18 @@ def test_a_killed_worker_loses_nothing_and_its_trial_is_retried(tmp_path):
 
 
 def test_ctrl_c_fails_the_running_trial_cleanly_and_the_study_resumes(tmp_path):
-    f = tiny_study(tmp_path / "tiny.yaml", epochs=30, train_size=500)
+    f = tiny_study(tmp_path / "tiny.yaml", epochs=400, train_size=500)  # trials long enough to be caught
     proc = subprocess.Popen([sys.executable, "-m", "cvae_opt.run", "--study", str(f), "--trials", "3"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        time.sleep(0.5)
+    caught = False
+    deadline = time.time() + 180
+    while not caught and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
         try:
-            if any(2 in t.intermediate_values for t in load(tmp_path).get_trials(states=(S.RUNNING,))):
-                break
-        except Exception:
+            caught = any(2 in t.intermediate_values for t in load(tmp_path).get_trials(states=(S.RUNNING,)))
+        except Exception:  # the file is being created
             continue
+    assert caught, "the run was never caught in the middle of a trial"
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
