@@ -176,6 +176,7 @@ class Report:
             sub = _sub_study(self.study, g["trials"])
             for ti, (target, tname) in enumerate(targets):
                 rows: dict[str, dict[str, float]] = {}
+                start = len(self.sections)
                 for ename, make in _evaluators():
                     name = f"importance_{gi}_{ti}_{ename.lower().replace('-', '')}"
                     try:
@@ -199,7 +200,7 @@ class Report:
                         f"<tr><td>{html.escape(p)}</td>" + "".join(f"<td>{r.get(e, float('nan')):.3f}</td>" for e in evs) + "</tr>"
                         for p, r in sorted(rows.items(), key=lambda kv: -max(kv[1].values()))
                     )
-                    self.sections.insert(len(self.sections) - len(evs), f"<table><tr><th>parameter</th>{head}</tr>{body}</table>")
+                    self.sections.insert(start, f"<table><tr><th>parameter</th>{head}</tr>{body}</table>")
                     if not top:
                         top = [p for p, _ in sorted(rows.items(), key=lambda kv: -max(kv[1].values()))][:2]
         return top
@@ -222,11 +223,6 @@ class Report:
             return None
         atomic_write_text(self.out / "best_config.yaml", config_yaml(self.study, trial, self.url))
         self.files.append("best_config.yaml")
-        ranked = [trial] + [
-            t for t in sorted(self.study.get_trials(deepcopy=False, states=(COMPLETE,)), key=lambda t: t.number)
-            if t.number != trial.number
-        ]
-        ckpt_trial = next((t for t in ranked if t.user_attrs.get("checkpoint_artifact")), None) if not self.multi else trial
         aid = trial.user_attrs.get("checkpoint_artifact")
         if not aid:
             self.sections.append(f"<p class=note>trial {trial.number} has no checkpoint artifact (artifacts off or removed); no best_model.pt</p>")
@@ -247,7 +243,6 @@ class Report:
         fig = samples_figure(model, problem, val.y[:4], n_samples=30, seed=0, title=f"best trial {trial.number}")
         save_figure(fig, self.out / "samples.png")
         self.files.append("samples.png")
-        del ckpt_trial
         return trial
 
     def write(self) -> Path:
