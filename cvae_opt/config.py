@@ -43,6 +43,7 @@ class TrainConfig:
     w_x: float = 1.0  # reconstruction weight
     w_y: float = 1.0  # physics (forward misfit) weight
     physics_samples: int = 1  # samples per y drawn through the generation path for the physics term
+    physics_reduce: str = "mean"  # mean over those samples, or "min": only the best-fitting one per y is pulled
     grad_clip: float = 0.0  # max gradient norm; 0 = off
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N

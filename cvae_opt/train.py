@@ -68,7 +68,13 @@ def loss_terms(
     parts = {"kl": kl, "recon": recon, "physics_rec": physics}
     if tc.w_y > 0 and tc.physics_samples > 0:
         y_gen = problem(model.draw(y, tc.physics_samples))
-        parts["physics_gen"] = F.mse_loss(y_gen, y.unsqueeze(1).expand_as(y_gen))
+        per_sample = ((y_gen - y.unsqueeze(1)) ** 2).mean(dim=(-1, -2))  # (B, physics_samples)
+        if tc.physics_reduce == "min":  # winner takes all: the other samples are free to cover other modes
+            parts["physics_gen"] = per_sample.min(dim=1).values.mean()
+        elif tc.physics_reduce == "mean":
+            parts["physics_gen"] = per_sample.mean()
+        else:
+            raise UserError(f"train.physics_reduce: unknown {tc.physics_reduce!r}; use mean or min")
         physics = 0.5 * (physics + parts["physics_gen"])
     parts["physics"] = physics
     total = beta * kl_opt + tc.w_x * recon + tc.w_y * physics

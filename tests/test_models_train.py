@@ -129,3 +129,19 @@ def test_device_and_config_errors():
     with pytest.raises(UserError, match=r"config.model.latent: 'big' is not a valid int"):
         Config.from_dict({"model": {"latent": "big"}})
     assert Config.from_dict(Config().to_dict()) == Config()
+
+
+def test_winner_takes_all_physics_pulls_only_the_best_sample(pairs):
+    x, y = pairs[0].x[:64], pairs[0].y[:64]
+    parts = {}
+    for reduce in ("mean", "min"):
+        cfg = small_cfg(physics_samples=6, physics_reduce=reduce)
+        torch.manual_seed(0)
+        model = build_model(cfg.model, TWO_BIRDS)
+        torch.manual_seed(1)
+        parts[reduce] = loss_terms(model, TWO_BIRDS, x, y, cfg.train, 1.0)[1]
+    assert float(parts["min"]["physics_gen"]) < float(parts["mean"]["physics_gen"])
+    assert torch.isclose(parts["min"]["recon"], parts["mean"]["recon"])
+    with pytest.raises(UserError, match="physics_reduce"):
+        cfg = small_cfg(physics_reduce="max")
+        loss_terms(build_model(cfg.model, TWO_BIRDS), TWO_BIRDS, x, y, cfg.train, 1.0)
