@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import optuna
 import yaml
@@ -17,7 +16,7 @@ from .cli import run_main
 from .config import Config
 from .errors import UserError
 from .files import atomic_write_text
-from .storage import DEFAULT_STORAGE, load_existing_study, mask_url, open_storage
+from .storage import add_study_args, mask_url, study_from_args
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
@@ -57,12 +56,11 @@ def main(argv: list[str] | None = None) -> int:
         description="Write the best trial's complete config as YAML, ready for retraining.",
         epilog="example: python -m cvae_opt.export --study cvae_re --out best.yaml && python -m cvae_opt.retrain --config best.yaml",
     )
-    ap.add_argument("--study", required=True, help="study name in the storage")
-    ap.add_argument("--storage", default=DEFAULT_STORAGE, help=f"SQLAlchemy URL (default {DEFAULT_STORAGE})")
+    add_study_args(ap)
     ap.add_argument("--trial", type=int, help="export this trial number instead of the best")
     ap.add_argument("--out", help="output file (default: print to stdout)")
     args = ap.parse_args(argv)
-    study = load_existing_study(open_storage(args.storage), args.study, args.storage)
+    study = study_from_args(args)
     if args.trial is not None:
         trials = [t for t in study.get_trials(deepcopy=False) if t.number == args.trial]
         if not trials:

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
 import torch
 
-from .data import Pairs
+from .checkpoints import load_checkpoint
+from .cli import run_main
+from .data import Pairs, load_pairs, save_pairs
+from .errors import UserError
+from .files import atomic_write_text
 from .models import CVAE
-from .problems import Problem
+from .problems import Problem, resolve_problem
 from .refine import refine, select_diverse
+from .train import resolve_device
 
 
 def generate_samples(
@@ -41,19 +52,6 @@ def generate_pairs(model: CVAE, y: torch.Tensor, n: int, seed: int = 0, batch: i
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import json
-    import sys
-    import time
-    from pathlib import Path
-
-    from .checkpoints import load_checkpoint
-    from .data import load_pairs, save_pairs
-    from .errors import UserError
-    from .files import atomic_write_text
-    from .problems import resolve_problem
-    from .train import resolve_device
-
     ap = argparse.ArgumentParser(
         prog="python -m cvae_opt.generate",
         description="Draw samples for given conditions and write a challenge-format submission.",
@@ -100,8 +98,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
-    from .cli import run_main
-
     sys.exit(run_main(main))

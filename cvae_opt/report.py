@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import shutil
 import sys
 import tempfile
 import warnings
@@ -33,7 +32,7 @@ from .export import best_trial, config_yaml  # noqa: E402
 from .files import atomic_write, atomic_write_text  # noqa: E402
 from .plots import samples_figure, save_figure  # noqa: E402
 from .problems import resolve_problem  # noqa: E402
-from .storage import DEFAULT_ARTIFACTS, DEFAULT_STORAGE, artifact_store, load_existing_study, mask_url, open_storage  # noqa: E402
+from .storage import DEFAULT_ARTIFACTS, add_study_args, artifact_store, mask_url, study_from_args  # noqa: E402
 from .train import load_data  # noqa: E402
 
 COMPLETE = optuna.trial.TrialState.COMPLETE
@@ -297,12 +296,11 @@ def main(argv: list[str] | None = None) -> int:
         description="Write an offline HTML report of a study: importances, plots, trials.csv, best model.",
         epilog="example: python -m cvae_opt.report --study cvae_re && xdg-open reports/cvae_re/index.html",
     )
-    ap.add_argument("--study", required=True, help="study name in the storage")
-    ap.add_argument("--storage", default=DEFAULT_STORAGE, help=f"SQLAlchemy URL (default {DEFAULT_STORAGE})")
+    add_study_args(ap)
     ap.add_argument("--artifacts", help=f"artifact folder (default: the one the study recorded, else {DEFAULT_ARTIFACTS})")
     ap.add_argument("--out", help="output folder (default reports/<study>)")
     args = ap.parse_args(argv)
-    study = load_existing_study(open_storage(args.storage), args.study, args.storage)
+    study = study_from_args(args)
     artifacts = args.artifacts or study.user_attrs.get("artifacts", DEFAULT_ARTIFACTS)
     out = Path(args.out or Path("reports") / args.study)
     index = Report(study, out, args.storage, artifacts).write()

@@ -1,6 +1,4 @@
 import pickle
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -9,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from cvae_opt.data import Pairs, load_pairs, make_pairs, sample_lines, save_pairs
+from cvae_opt.data import load_pairs, make_pairs, sample_lines, save_pairs
 from cvae_opt.errors import UserError
 from cvae_opt.metrics import enumerate_solutions
 from cvae_opt.problems import TWO_BIRDS, ends_from_unit, resolve_problem, unit_from_ends

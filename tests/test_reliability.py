@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import optuna
-import pytest
 import torch
 import yaml
 from torch.utils.data import TensorDataset
@@ -191,7 +190,6 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(tmp_path):
     def study(name, **over):
         return tiny_study(tmp_path / f"{name}.yaml", epochs=1, train_size=300, **over)
 
-    search = {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
     cases = [
         (["--study", "no_such_study"], "unknown study 'no_such_study'"),
         (["--study", tmp_path / "missing.yaml"], "no such study file"),

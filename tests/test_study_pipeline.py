@@ -3,10 +3,8 @@ retrain, generate, evaluate."""
 
 import json
 import re
-import sqlite3
 import subprocess
 import sys
-from pathlib import Path
 
 import optuna
 import pytest
