@@ -1,16 +1,24 @@
 """Trials per hour with 1 and with N worker processes on one SQLite file, side by side.
 
+By default every trial trains the same architecture (the study file is copied with only lr and beta
+left in its search space), so both runs do the same work: with the full space, each worker's TPE
+draws different architectures whose cost varies tenfold, and the ratio measures that draw, not the
+parallelism. `--full-space` runs the study file as it is.
+
     python benchmarks/parallel.py                     # --jobs 1 vs --jobs 2, 8 trials each
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -24,19 +32,30 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--trials", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--train-size", type=int, default=5000)
+    ap.add_argument("--train-size", type=int, default=20000)
+    ap.add_argument("--full-space", action="store_true", help="search the study's whole space (costs differ per trial)")
     args = ap.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from cvae_opt.studies import find_study_file
+
     rates = {}
     with tempfile.TemporaryDirectory() as tmp:
+        study = args.study
+        if not args.full_space:
+            raw = yaml.safe_load(find_study_file(args.study).read_text())
+            raw["search"] = {k: v for k, v in raw["search"].items() if k in ("lr", "beta")}
+            study = os.path.join(tmp, "same_cost.yaml")
+            Path(study).write_text(yaml.safe_dump(raw, sort_keys=False))
         for jobs in (1, args.jobs):
             url = f"sqlite:///{tmp}/jobs{jobs}.db"
-            cmd = [sys.executable, "-m", "cvae_opt.run", "--study", args.study, "--trials", str(args.trials),
+            cmd = [sys.executable, "-m", "cvae_opt.run", "--study", study, "--trials", str(args.trials),
                    "--jobs", str(jobs), "--epochs", str(args.epochs), "--train-size", str(args.train_size),
                    "--storage", url, "--artifacts", f"{tmp}/art{jobs}", "--seed", "0", "--pruner", "none", "--quiet"]
             t0 = time.perf_counter()
             subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
             rates[jobs] = args.trials / (time.perf_counter() - t0) * 3600
-    print(machine_line(f"parallel, study {args.study}, {args.trials} trials x {args.epochs} epochs, {args.train_size} pairs"))
+    space = "full search space" if args.full_space else "same architecture every trial (lr, beta searched)"
+    print(machine_line(f"parallel, study {args.study} ({space}), {args.trials} trials x {args.epochs} epochs, {args.train_size} pairs"))
     print("| workers | trials per hour |")
     print("| --- | --- |")
     for jobs, r in rates.items():

@@ -44,8 +44,9 @@ def main() -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, help="override every config's epochs (quick looks only)")
     ap.add_argument("--samples", type=int, default=30)
-    ap.add_argument("--refine", type=int, default=600)
-    ap.add_argument("--oversample", type=int, default=10)
+    ap.add_argument("--refine", type=int, default=40)
+    ap.add_argument("--refine-method", default="lm")
+    ap.add_argument("--oversample", type=int, default=30)
     ap.add_argument("--scoring", default=SCORING)
     ap.add_argument("--out", default="reports/quality.json")
     args = ap.parse_args()
@@ -68,7 +69,8 @@ def main() -> int:
             t0 = time.perf_counter()
             res = train(cfg)
             train_s = time.perf_counter() - t0
-            for mode, opts in (("raw", {}), ("refined", {"refine_steps": args.refine, "oversample": args.oversample, "problem": problem})):
+            for mode, opts in (("raw", {}), ("refined", {"refine_steps": args.refine, "refine_method": args.refine_method,
+                                                   "oversample": args.oversample, "problem": problem})):
                 t0 = time.perf_counter()
                 x = generate_samples(res.model, scoring.y, args.samples, seed=seed, **opts)
                 gen_s = time.perf_counter() - t0
@@ -81,7 +83,8 @@ def main() -> int:
                   flush=True)
     print()
     print(f"Quality on {Path(args.scoring).name}: {args.samples} samples per y, tolerance 0.02, mean ± std over seeds "
-          f"{args.seeds}; refined = --refine {args.refine} --oversample {args.oversample}. "
+          f"{args.seeds}; refined = --refine {args.refine} --refine-method {args.refine_method} "
+          f"--oversample {args.oversample}. "
           f"{date.today()}, {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}.")
     header = "| metric | " + " | ".join(f"{n} raw | {n} refined" for n in results) + " |"
     print(header)

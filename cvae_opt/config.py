@@ -49,6 +49,10 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     eval_conditions: int = 100  # validation y used for generation metrics each epoch
     eval_samples: int = 10  # samples per validation y
+    # refined-pipeline metrics (refined_*) after the last epoch: LM iterations (0 = off) and oversampling,
+    # as `generate --refine eval_refine --oversample eval_oversample` on the validation conditions
+    eval_refine: int = 0
+    eval_oversample: int = 10
 
 
 @dataclass

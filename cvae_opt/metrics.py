@@ -213,16 +213,19 @@ def evaluate_samples(
     quality = np.exp(-misfit_s / SCORE_MISFIT_SCALE) * np.clip(r2_min, 0.0, 1.0) * signs_ok
 
     flat = xs.reshape(m, s, -1)
-    div, spread = [], []
+    div = np.zeros(0)
     if s > 1:
         iu = np.triu_indices(s, 1)
-        for g in range(m):
-            d = np.sqrt(((flat[g][:, None] - flat[g][None]) ** 2).mean(-1))[iu]
-            v = valid[g][:, None] & valid[g][None]
-            div.append(float((d * v[iu]).mean()))
-            qq = np.sqrt(quality[g][:, None] * quality[g][None])[iu]
-            spread.append(float((qq * np.minimum(1.0, d / SCORE_DISTANCE_SCALE)).mean()))
-        score = float(np.mean(0.5 * quality.mean(axis=1) + 0.5 * np.array(spread)))
+        d = np.empty((m, len(iu[0])))
+        step = max(1, 4_000_000 // (s * s * flat.shape[-1]))  # all pairs of a block of groups at once, bounded memory
+        for g in range(0, m, step):
+            blk = flat[g : g + step]
+            d[g : g + step] = np.sqrt(((blk[:, :, None] - blk[:, None]) ** 2).mean(-1))[:, iu[0], iu[1]]
+        v = (valid[:, :, None] & valid[:, None, :])[:, iu[0], iu[1]]
+        div = (d * v).mean(axis=1)
+        qq = np.sqrt(quality[:, :, None] * quality[:, None, :])[:, iu[0], iu[1]]
+        spread = (qq * np.minimum(1.0, d / SCORE_DISTANCE_SCALE)).mean(axis=1)
+        score = float(np.mean(0.5 * quality.mean(axis=1) + 0.5 * spread))
     else:
         score = float(quality.mean())
 
@@ -232,7 +235,7 @@ def evaluate_samples(
         "r2": float(r2.mean()),
         "slope_signs": float(signs_ok.mean()),
         "valid_fraction": float(valid.mean()),
-        "diversity": float(np.mean(div)) if div else 0.0,
+        "diversity": float(np.mean(div)) if len(div) else 0.0,
         "n_conditions": int(m),
         "samples_per_condition": int(s),
     }

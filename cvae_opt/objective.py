@@ -38,8 +38,10 @@ class ArtifactError(RuntimeError):
 RECORDED = (
     "score", "misfit_rmse", "r2", "slope_signs", "valid_fraction", "diversity", "mode_precision", "mode_recall",
     "truth_recall", "val_loss", "val_kl", "val_recon", "val_physics", "train_loss", "epoch", "epoch_seconds",
+    "refined_score", "refined_misfit_rmse", "refined_valid_fraction", "refined_diversity", "refined_mode_precision",
+    "refined_mode_recall", "refined_truth_recall",
 )
-MODE_METRICS = ("mode_precision", "mode_recall")
+MODE_METRICS = ("mode_precision", "mode_recall", "refined_mode_precision", "refined_mode_recall")
 
 
 def suggest_config(trial: optuna.trial.BaseTrial, spec: StudySpec, base: Config | None = None) -> Config:
@@ -147,8 +149,8 @@ class Objective:
         multi = self.spec.multi_objective
 
         def on_epoch(epoch: int, m: dict[str, float]) -> None:
-            if multi:
-                return  # Optuna cannot prune multi-objective trials (trial.report raises there)
+            if multi or metrics[0].startswith("refined_"):
+                return  # Optuna cannot prune multi-objective trials; refined_* exist after the last epoch only
             value = m.get(metrics[0], math.nan)
             trial.report(value, epoch)
             if trial.should_prune():
@@ -156,7 +158,8 @@ class Objective:
                 trial.set_user_attr("pruned_at_epoch", epoch)
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} with {metrics[0]} = {value:.4g}")
 
-        result = train(cfg, callback=on_epoch, data=self.data_for(cfg))
+        needs_val_loss = any(m.startswith("val_") for m in metrics)  # else only after the last epoch
+        result = train(cfg, callback=on_epoch, data=self.data_for(cfg), val_loss_every_epoch=needs_val_loss)
         record(trial, result.last)
         trial.set_user_attr("train_seconds", result.seconds)
         trial.set_user_attr("train_loop_seconds", sum(h["epoch_seconds"] for h in result.history))

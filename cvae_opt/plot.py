@@ -17,6 +17,7 @@ from .errors import UserError
 from .generate import generate_samples
 from .plots import samples_figure, save_figure
 from .problems import resolve_problem
+from .refine import METHODS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=30, help="samples per y, default 30")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--refine", type=int, default=0, metavar="STEPS", help="refine the samples first (as generate does)")
+    ap.add_argument("--refine-method", choices=METHODS, default="lm", help="refinement solver (as generate)")
     ap.add_argument("--oversample", type=int, default=1, metavar="K", help="oversample and keep the diverse fits (as generate does)")
     args = ap.parse_args(argv)
     if args.n < 1 or args.samples < 1 or args.refine < 0 or args.oversample < 1:
@@ -42,8 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     cond = load_pairs(args.conditions, problem)
     y = cond.y[: args.n]
     samples = generate_samples(model, y, args.samples, seed=args.seed, refine_steps=args.refine,
-                               oversample=args.oversample, problem=problem)
-    how = "raw" if not (args.refine or args.oversample > 1) else f"refine {args.refine}, oversample x{args.oversample}"
+                               oversample=args.oversample, problem=problem, refine_method=args.refine_method)
+    how = "raw" if not (args.refine or args.oversample > 1) else (
+        f"refine {args.refine} {args.refine_method}, oversample x{args.oversample}")
     fig = samples_figure(model, problem, y, samples=samples,
                          title=f"{Path(args.checkpoint).name}: {args.samples} samples per given y ({how})")
     save_figure(fig, args.out)

@@ -12,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.collections import LineCollection  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -34,26 +35,34 @@ def samples_figure(
         fwd = problem(samples).numpy()
     sols = enumerate_solutions(problem, y) if can_enumerate(problem) else None
     m, k = y.shape[0], problem.k
-    t = np.arange(problem.n_points)
+    t = np.arange(problem.n_points, dtype=float)
     fig, axes = plt.subplots(m, 1 + k, figsize=(3.6 * (1 + k), 2.4 * m), squeeze=False)
+    # one LineCollection per group instead of one Line2D per curve: a trial's plot is part of the
+    # trial's bookkeeping, and hundreds of Line2D artists made it cost half a second
     for i in range(m):
         ax = axes[i, 0]
-        if sols is not None:
-            for s in sols[i]:
-                ax.plot(t, s[:, 0], color="k", lw=0.8, ls="--", alpha=0.6)
-                ax.plot(t, s[:, 1], color="k", lw=0.8, ls="--", alpha=0.6)
-        for s in samples[i].numpy():
-            ax.plot(t, s[:, 0], color="tab:blue", lw=0.9, alpha=0.5)
-            ax.plot(t, s[:, 1], color="tab:orange", lw=0.9, alpha=0.5)
+        if sols is not None and len(sols[i]):
+            curves = [np.column_stack([t, s[:, c]]) for s in sols[i] for c in (0, 1)]
+            ax.add_collection(LineCollection(curves, colors="k", linewidths=0.8, linestyles="--", alpha=0.6))
+        xs = samples[i].numpy()
+        for c, color in ((0, "tab:blue"), (1, "tab:orange")):
+            ax.add_collection(LineCollection([np.column_stack([t, s[:, c]]) for s in xs], colors=color, linewidths=0.9, alpha=0.5))
+        ax.set_xlim(t[0], t[-1])
         ax.set_ylim(problem.box[0] - 0.1, problem.box[1] + 0.1)
         n_sol = f", {len(sols[i])} exact solutions dashed" if sols is not None else ""
         ax.set_title(f"y #{i + 1}: x0 (blue), x1 (orange){n_sol}", fontsize=8)
         for j in range(k):
             ax = axes[i, 1 + j]
-            for f in fwd[i]:
-                ax.plot(t, f[:, j], color="tab:green", lw=0.8, alpha=0.35)
+            ax.add_collection(LineCollection([np.column_stack([t, f[:, j]]) for f in fwd[i]], colors="tab:green", linewidths=0.8, alpha=0.35))
             ax.plot(t, y[i, :, j].numpy(), color="k", lw=1.6)
-            ax.set_ylim(-1.2, 1.2) if problem.cosines else None
+            ax.set_xlim(t[0], t[-1])
+            if problem.cosines:
+                ax.set_ylim(-1.2, 1.2)
+            else:
+                lo = min(float(fwd[i][..., j].min()), float(y[i, :, j].min()))
+                hi = max(float(fwd[i][..., j].max()), float(y[i, :, j].max()))
+                pad = 0.05 * (hi - lo) + 1e-6
+                ax.set_ylim(lo - pad, hi + pad)
             ax.set_title(f"y{j}: given (black) vs forward(x̂) (green)", fontsize=8)
     for ax in axes.flat:
         ax.tick_params(labelsize=7)

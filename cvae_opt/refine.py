@@ -1,15 +1,22 @@
 """Physics refinement of generated samples, and oversampling with a diverse selection.
 
-Refinement fits each sample's straight-line end points to the given y by gradient steps, in the
-unit-cube parametrisation of `problems.ends_from_unit`, so every step stays inside the prior box and
-keeps the slope signs. The misfit of oscillatory conditions is rugged, so the fit is continued along
-the line: during the first half of the steps it covers a growing prefix of the points (a short prefix
-has far fewer local minima), then all of them, with a cosine-decaying step size. Measured on the 50
-scoring conditions from random starts: 23% of samples reach an exact solution with continuation,
-against 10% without (600 steps). Oversampling draws more samples than asked, refines them, and keeps the
-requested number that fit (misfit <= `valid_misfit`), greedily farthest apart, so the kept samples
-cover as many distinct solutions as the pool holds. Both are options of `generate`, recorded in its
-metadata, and reported apart from the raw generator.
+Refinement fits each sample's straight-line end points to the given y, in the unit-cube
+parametrisation of `problems.ends_from_unit`, so every step stays inside the prior box and keeps the
+slope signs. The misfit of oscillatory conditions is rugged, so the fit is continued along the line:
+during the first half of the iterations it covers a growing prefix of the points (a short prefix has
+far fewer local minima), then all of them. Two solvers share that schedule:
+
+- `lm` (default): batched Levenberg-Marquardt on the 4 end-point parameters; the Jacobian comes from
+  4 forward-mode passes (`torch.func.jvp`) through the problem, so any torch forward function works.
+- `adam`: first-order steps with a cosine-decaying step size (the earlier default).
+
+Measured on the 50 scoring conditions from 100 random prior starts per y (2-core CPU): Adam, 600
+steps: 20% of samples reach an exact solution, recall 0.61, 5.5 s; LM, 30 iterations: 24%, recall
+0.68, 1.0 s; LM, 60 iterations: 29%, recall 0.74, 2.1 s. Without continuation, Adam reached 10%.
+Oversampling draws more samples than asked, refines them, and keeps the requested number that fit
+(misfit <= `valid_misfit`), greedily farthest apart, so the kept samples cover as many distinct
+solutions as the pool holds. Both are options of `generate`, recorded in its metadata, and reported
+apart from the raw generator.
 """
 
 from __future__ import annotations
@@ -31,12 +38,18 @@ def line_ends(x: torch.Tensor) -> torch.Tensor:
     return torch.stack([start[..., 0], end[..., 0], start[..., 1], end[..., 1]], dim=-1)
 
 
+METHODS = ("lm", "adam")
+
+
 def refine(
-    problem: Problem, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float = 0.2, batch: int = 65536,
-    continuation: float = 0.5,
+    problem: Problem, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float = 0.2, batch: int = 32768,
+    continuation: float = 0.5, method: str = "lm",
 ) -> torch.Tensor:
     """Refine samples x (M, S, P, 2) towards y (M, P, k); returns straight, in-box, correctly sloped
-    lines (M, S, P, 2). Every sample is its own least-squares problem; they are solved in batches."""
+    lines (M, S, P, 2). Every sample is its own least-squares problem; they are solved in batches.
+    `steps` is the number of LM iterations or Adam steps; `lr` is Adam's initial step size."""
+    if method not in METHODS:
+        raise ValueError(f"unknown refinement method {method!r}; use one of {', '.join(METHODS)}")
     if steps <= 0:
         return x
     m, s, p, _ = x.shape
@@ -44,55 +57,110 @@ def refine(
     flat_x = x.reshape(m * s, p, 2)
     flat_y = y.unsqueeze(1).expand(m, s, *y.shape[1:]).reshape(m * s, *y.shape[1:])
     eps = 1e-4
+    solve = _levenberg_marquardt if method == "lm" else _adam
     for i in range(0, m * s, batch):
         xb, yb = flat_x[i : i + batch].double(), flat_y[i : i + batch].double()
         u = unit_from_ends(line_ends(xb), problem.box, problem.slopes).clamp(eps, 1 - eps)
-        theta = torch.logit(u).detach().requires_grad_(True)
-        opt = torch.optim.Adam([theta], lr=lr)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr * 0.01)
-        for step in range(steps):
-            k = p if continuation <= 0 else min(p, 4 + int((p - 4) * step / (continuation * steps)))
-            lines = line_points(ends_from_unit(torch.sigmoid(theta), problem.box, problem.slopes), p)
-            loss = ((problem(lines[:, :k]) - yb[:, :k]) ** 2).mean(dim=(-1, -2)).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+        theta = solve(problem, torch.logit(u), yb, steps, lr, continuation, p)
         with torch.no_grad():
             ends = ends_from_unit(torch.sigmoid(theta), problem.box, problem.slopes)
             out.view(m * s, p, 2)[i : i + batch] = line_points(ends, p).to(x.dtype)
     return out
 
 
-def select_diverse(
-    problem: Problem, x: torch.Tensor, y: torch.Tensor, n: int, valid_misfit: float = 0.02
+def _prefix(step: int, steps: int, continuation: float, p: int) -> int:
+    """Points fitted at this step: a prefix growing from 4 to all over the first `continuation` share."""
+    return p if continuation <= 0 else min(p, 4 + int((p - 4) * step / (continuation * steps)))
+
+
+def _residual(problem: Problem, theta: torch.Tensor, y: torch.Tensor, k: int, p: int) -> torch.Tensor:
+    lines = line_points(ends_from_unit(torch.sigmoid(theta), problem.box, problem.slopes), p)
+    return (problem(lines[:, :k]) - y[:, :k]).flatten(1)
+
+
+def _adam(problem: Problem, theta: torch.Tensor, y: torch.Tensor, steps: int, lr: float, continuation: float, p: int) -> torch.Tensor:
+    theta = theta.detach().requires_grad_(True)
+    opt = torch.optim.Adam([theta], lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr * 0.01)
+    for step in range(steps):
+        k = _prefix(step, steps, continuation, p)
+        loss = _residual(problem, theta, y, k, p).pow(2).mean(-1).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return theta.detach()
+
+
+@torch.no_grad()
+def _levenberg_marquardt(
+    problem: Problem, theta: torch.Tensor, y: torch.Tensor, steps: int, lr: float, continuation: float, p: int
 ) -> torch.Tensor:
-    """Keep n of the S samples per y (x: (M, S, P, 2)): first the ones that fit, greedily farthest from
-    those already kept (farthest-point selection, starting from the best fit); then, if fewer than n
-    fit, the best-fitting of the rest."""
+    """Per-sample damped Gauss-Newton: each sample keeps its own damping, raised when a step does not
+    lower its misfit (the step is then not taken), lowered when it does."""
+    n, d = theta.shape
+    lam = torch.full((n,), 1e-2, dtype=theta.dtype, device=theta.device)
+    eye = torch.eye(d, dtype=theta.dtype, device=theta.device)
+    basis = eye.unsqueeze(1).expand(d, n, d)
+    for step in range(steps):
+        k = _prefix(step, steps, continuation, p)
+
+        def f(th: torch.Tensor) -> torch.Tensor:
+            return _residual(problem, th, y, k, p)
+
+        cols = []
+        for j in range(d):
+            r, col = torch.func.jvp(f, (theta,), (basis[j],))
+            cols.append(col)
+        jac = torch.stack(cols, dim=-1)  # (n, residuals, d)
+        grad = (jac * r.unsqueeze(-1)).sum(1)
+        hess = jac.transpose(1, 2) @ jac
+        damped = hess + lam.view(-1, 1, 1) * (torch.diagonal(hess, dim1=1, dim2=2).unsqueeze(-1) + 1e-9) * eye
+        delta = torch.linalg.solve(damped, -grad.unsqueeze(-1)).squeeze(-1).clamp(-3.0, 3.0)
+        trial = theta + delta
+        better = f(trial).pow(2).sum(1) < r.pow(2).sum(1)
+        theta = torch.where(better.unsqueeze(-1), trial, theta)
+        lam = torch.where(better, lam / 3, lam * 2).clamp(1e-7, 1e7)
+    return theta
+
+
+def select_diverse(
+    problem: Problem, x: torch.Tensor, y: torch.Tensor, n: int, valid_misfit: float = 0.02,
+    converged_misfit: float = 1e-4,
+) -> torch.Tensor:
+    """Keep n of the S samples per y (x: (M, S, P, 2)), greedily farthest from those already kept
+    (farthest-point selection, starting from the best fit), in tiers: first the samples that converged
+    (misfit <= `converged_misfit`), then the rest that fit (<= `valid_misfit`), then the best-fitting of
+    the others. The first tier matters: LM-refined from 300 random starts per scoring y, all 3,635 samples
+    that converged lie on an exact solution, while 211 of the 314 between 1e-4 and 0.02 are
+    near-solutions that are not, and farthest-point selection would favour them (they lie apart)."""
     m, s = x.shape[:2]
     with torch.no_grad():
         misfit = ((problem(x.double()) - y.double().unsqueeze(1)) ** 2).mean(dim=(-1, -2)).sqrt()  # (M, S)
     flat = x.reshape(m, s, -1).double()
     keep = torch.empty(m, n, dtype=torch.long)
     for g in range(m):
-        ok = torch.nonzero(misfit[g] <= valid_misfit).flatten()
-        ok = ok[torch.argsort(misfit[g, ok])]
         chosen: list[int] = []
-        if len(ok):
-            pts = flat[g, ok]
-            dist = torch.full((len(ok),), float("inf"), dtype=torch.float64)
-            j = 0
-            while len(chosen) < min(n, len(ok)):
-                chosen.append(int(ok[j]))
-                d = (pts - pts[j]).pow(2).mean(-1).sqrt()
-                dist = torch.minimum(dist, d)
-                dist[j] = -1.0
-                j = int(torch.argmax(dist))
-                if dist[j] < 0:
-                    break
+        dist = torch.full((s,), float("inf"), dtype=torch.float64)
+        lower = -1.0
+        for bound in (converged_misfit, valid_misfit):
+            tier = torch.nonzero((misfit[g] <= bound) & (misfit[g] > lower)).flatten()
+            lower = bound
+            if len(chosen) >= n or not len(tier):
+                continue
+            tier = tier[torch.argsort(misfit[g, tier])]
+            d_tier = dist[tier].clone()
+            j = 0 if not chosen else int(torch.argmax(d_tier))
+            while len(chosen) < n and d_tier[j] >= 0:
+                chosen.append(int(tier[j]))
+                d = (flat[g, tier] - flat[g, tier[j]]).pow(2).mean(-1).sqrt()
+                d_tier = torch.minimum(d_tier, d)
+                d_tier[j] = -1.0
+                dist = torch.minimum(dist, (flat[g] - flat[g, tier[j]]).pow(2).mean(-1).sqrt())
+                j = int(torch.argmax(d_tier))
         if len(chosen) < n:
-            rest = [int(i) for i in torch.argsort(misfit[g]) if int(i) not in set(chosen)]
+            taken = set(chosen)
+            rest = [int(i) for i in torch.argsort(misfit[g]) if int(i) not in taken]
             chosen += rest[: n - len(chosen)]
         keep[g] = torch.tensor(chosen[:n])
     return torch.gather(x, 1, keep.to(x.device).view(m, n, 1, 1).expand(m, n, *x.shape[2:]))

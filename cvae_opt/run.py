@@ -235,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         extra = ""
         if spec.multi_objective and spec.pruner is not None:
             extra = f"; note: Optuna does not prune multi-objective trials, so pruner {pruner_name(spec.pruner)} is not used"
+        elif spec.metrics[0].startswith("refined_") and spec.pruner is not None:
+            extra = f"; note: {spec.metrics[0]} exists after the last epoch only, so pruner {pruner_name(spec.pruner)} is not used"
         print(
             f"study {study_name!r} ({spec.path}) in {mask_url(args.storage)}: {start['finished']} trials so far; "
             f"adding {args.trials} with {type(sampler).__name__}, pruner {pruner_name(None if spec.multi_objective else spec.pruner)}, "

@@ -37,6 +37,9 @@ DERIVED = ("conv_channels", "conv_depth", "kernel_size")
 METRICS = (
     "score", "misfit_rmse", "r2", "slope_signs", "valid_fraction", "diversity", "mode_precision",
     "mode_recall", "truth_recall", "val_loss", "val_kl", "val_recon", "val_physics",
+    # after the last epoch only, with fixed: {eval_refine: STEPS}; no pruning on them
+    "refined_score", "refined_misfit_rmse", "refined_valid_fraction", "refined_diversity",
+    "refined_mode_precision", "refined_mode_recall", "refined_truth_recall",
 )
 TOP_KEYS = ("name", "description", "problem", "data", "budget", "objective", "sampler", "pruner", "fixed", "search", "artifacts")
 
@@ -285,5 +288,9 @@ def load_study(name_or_path: str) -> StudySpec:
         pruner=named("pruner", True), fixed=fixed, search=list(params.values()), artifacts=artifacts,
         description=str(raw.get("description", "")),
     )
-    spec.base_config()  # type-checks data and fixed values now, not at the first trial
+    base = spec.base_config()  # type-checks data and fixed values now, not at the first trial
+    refined = [m for m in metrics if m.startswith("refined_")]
+    if refined and base.train.eval_refine < 1:
+        raise _err(path, "objective.metric", f"{refined[0]!r} is measured on refined samples: add "
+                   "'eval_refine: 40' (LM iterations) under fixed")
     return spec

@@ -23,6 +23,7 @@ from .errors import NonFiniteLoss, UserError
 from .metrics import can_enumerate, enumerate_solutions, evaluate_samples
 from .models import CVAE, build_model, kl_gaussians
 from .problems import Problem, resolve_problem
+from .refine import refine, select_diverse
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -127,6 +128,18 @@ class Evaluator:
         samples = model.generate(self.y, self.n_samples, generator=gen)
         return evaluate_samples(self.problem, samples, self.y, self.solutions, self.truth)
 
+    def refined(self, model: CVAE, steps: int, oversample: int) -> dict[str, float]:
+        """The same metrics for the refined pipeline (`generate --refine steps --oversample K`), prefixed
+        refined_: what a study needs when the model is meant as a source of starting points."""
+        if len(self.y) == 0 or self.n_samples < 1 or steps < 1:
+            return {}
+        gen = torch.Generator().manual_seed(self.seed)
+        x = model.generate(self.y, self.n_samples * oversample, generator=gen)
+        x = refine(self.problem, x, self.y.to(x.device), steps)
+        x = select_diverse(self.problem, x, self.y.to(x.device), self.n_samples)
+        m = evaluate_samples(self.problem, x, self.y, self.solutions, self.truth)
+        return {f"refined_{k}": v for k, v in m.items() if k not in ("n_conditions", "samples_per_condition")}
+
 
 @torch.no_grad()
 def validation_loss(model: CVAE, problem: Problem, val: Pairs, tc: TrainConfig, beta: float, batch: int = 4096) -> dict[str, float]:
@@ -156,10 +169,13 @@ def train(
     callback: EpochCallback | None = None,
     data: tuple[Pairs, Pairs] | None = None,
     log: Callable[[str], None] | None = None,
+    val_loss_every_epoch: bool = True,
 ) -> TrainResult:
     """Train a model from scratch as `cfg` says. `callback(epoch, metrics)` runs after every epoch
     with the validation metrics (it may raise, e.g. optuna.TrialPruned, to stop). Raises
-    NonFiniteLoss, naming the epoch, step and loss part, as soon as a loss turns NaN or inf."""
+    NonFiniteLoss, naming the epoch, step and loss part, as soon as a loss turns NaN or inf.
+    With `val_loss_every_epoch` False the validation loss (val_*) is computed after the last epoch
+    only: a trial whose metric does not need it saves a pass over the validation pairs per epoch."""
     tc = cfg.train
     problem = resolve_problem(cfg.data.problem)
     device = resolve_device(tc.device)
@@ -209,8 +225,11 @@ def train(
         train_seconds = time.perf_counter() - t0
         metrics: dict[str, float] = {"epoch": epoch + 1}
         metrics.update({f"train_{k}": float(v) / steps_per_epoch for k, v in sums.items()})
-        metrics.update(validation_loss(model, problem, val_pairs, tc, tc.beta))
+        if val_loss_every_epoch or epoch + 1 == tc.epochs:
+            metrics.update(validation_loss(model, problem, val_pairs, tc, tc.beta))
         metrics.update(evaluator(model))
+        if tc.eval_refine > 0 and epoch + 1 == tc.epochs:
+            metrics.update(evaluator.refined(model, tc.eval_refine, max(1, tc.eval_oversample)))
         metrics["epoch_seconds"] = train_seconds
         metrics["eval_seconds"] = time.perf_counter() - t0 - train_seconds
         result.history.append(metrics)

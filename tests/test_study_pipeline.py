@@ -167,6 +167,30 @@ def test_multi_objective_study_says_it_does_not_prune(tmp_path):
     assert (tmp_path / "reports" / "mo" / "pareto_front.png").is_file()
 
 
+def test_refined_objective_is_measured_after_the_last_epoch_and_not_pruned(tmp_path):
+    """A study tuned for the refined pipeline: the trial's value is the recall of exact solutions after
+    LM refinement of oversampled draws, measured once, after the last epoch."""
+    fixed = {"latent": 4, "hidden": 32, "channels": [8], "kernels": [5], "eval_conditions": 10, "eval_samples": 3,
+             "eval_refine": 20, "eval_oversample": 4, "head": "line", "w_y": 0.0}
+    f = write_study(tmp_path / "ref.yaml", name="ref", fixed=fixed,
+                    objective={"metric": "refined_mode_recall", "direction": "maximize"})
+    r = cli("run", "--study", f, "--trials", 2, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "refined_mode_recall exists after the last epoch only, so pruner" in r.stdout
+    trials = study_of(tmp_path, "ref").trials
+    assert all(t.state == optuna.trial.TrialState.COMPLETE and not t.intermediate_values for t in trials)
+    for t in trials:
+        assert t.value == t.user_attrs["refined_mode_recall"]
+        # refinement lands samples on exact solutions that the 1-epoch raw model misses
+        assert t.user_attrs["refined_mode_precision"] > t.user_attrs["mode_precision"]
+        assert t.user_attrs["refined_misfit_rmse"] < 0.5 * t.user_attrs["misfit_rmse"]
+    fixed.pop("eval_refine")
+    f = write_study(tmp_path / "ref2.yaml", name="ref2", fixed=fixed,
+                    objective={"metric": "refined_mode_recall", "direction": "maximize"})
+    r = cli("run", "--study", f, "--trials", 1, cwd=tmp_path)
+    assert r.returncode == 2 and "add 'eval_refine: 40'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
 BAD_STUDIES = {
     "unknown type": ({"search": {"lr": {"type": "double", "low": 0.1, "high": 1}}}, "search.lr.type: unknown parameter type 'double'"),
     "low > high": ({"search": {"lr": {"type": "float", "low": 1.0, "high": 0.1}}}, "search.lr: low 1.0 > high 0.1"),
