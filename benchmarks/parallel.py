@@ -26,6 +26,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_line  # noqa: E402
 
 
+def thread_scaling(study: str, jobs: int, train_size: int) -> tuple[float, float]:
+    """Epoch time of the study's base model with 1 and with `jobs` torch threads (median of 2 each):
+    the ceiling for worker processes is jobs / (the intra-op speed-up of one worker)."""
+    import statistics
+
+    import torch
+
+    from cvae_opt.problems import resolve_problem
+    from cvae_opt.studies import load_study
+    from cvae_opt.train import load_data, train
+
+    cfg = load_study(study).base_config()
+    cfg.data.train_size, cfg.train.epochs, cfg.train.eval_conditions = train_size, 1, 0
+    data = load_data(cfg, resolve_problem(cfg.data.problem))
+    before = torch.get_num_threads()
+    times: dict[int, list[float]] = {1: [], jobs: []}
+    try:
+        for threads in (1, jobs, 1, jobs):
+            torch.set_num_threads(threads)
+            times[threads].append(train(cfg, data=data).history[0]["epoch_seconds"])
+    finally:
+        torch.set_num_threads(before)
+    return statistics.median(times[1]), statistics.median(times[jobs])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--study", default="cvae_re")
@@ -54,6 +79,7 @@ def main() -> int:
             t0 = time.perf_counter()
             subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
             rates[jobs] = args.trials / (time.perf_counter() - t0) * 3600
+    ceiling = thread_scaling(args.study, args.jobs, args.train_size)
     space = "full search space" if args.full_space else "same architecture every trial (lr, beta searched)"
     print(machine_line(f"parallel, study {args.study} ({space}), {args.trials} trials x {args.epochs} epochs, {args.train_size} pairs"))
     print("| workers | trials per hour |")
@@ -61,6 +87,10 @@ def main() -> int:
     for jobs, r in rates.items():
         print(f"| {jobs} | {r:.0f} |")
     print(f"speed-up with {args.jobs} workers: {rates[args.jobs] / rates[1]:.2f}x")
+    t1, tn = ceiling
+    print(f"one epoch of the study's base model with 1 torch thread: {t1:.2f} s, with {args.jobs}: {tn:.2f} s "
+          f"(one worker already runs {t1 / tn:.2f}x faster on all cores), so {args.jobs} single-thread workers "
+          f"can reach at most {args.jobs * tn / t1:.2f}x over one worker")
     return 0
 
 

@@ -163,6 +163,7 @@ class Objective:
         record(trial, result.last)
         trial.set_user_attr("train_seconds", result.seconds)
         trial.set_user_attr("train_loop_seconds", sum(h["epoch_seconds"] for h in result.history))
+        trial.set_user_attr("eval_seconds", sum(h.get("eval_seconds", 0.0) for h in result.history))
         values = [float(result.last[m]) for m in metrics]
         if self.artifacts is not None:
             self.upload(trial, cfg, result, values)

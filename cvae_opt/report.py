@@ -136,8 +136,12 @@ class Report:
         m = self.metrics[0]
         self.figure("Optimization history", "history", lambda: vis.plot_optimization_history(s, target_name=m),
                     lambda: mpl.plot_optimization_history(s, target_name=m))
-        self.figure("Intermediate values (the metric after each epoch)", "intermediate",
-                    lambda: vis.plot_intermediate_values(s), lambda: mpl.plot_intermediate_values(s))
+        if any(t.intermediate_values for t in s.get_trials(deepcopy=False)):
+            self.figure("Intermediate values (the metric after each epoch)", "intermediate",
+                        lambda: vis.plot_intermediate_values(s), lambda: mpl.plot_intermediate_values(s))
+        else:  # e.g. refined_* metrics, measured once after the last epoch
+            self.sections.append(f"<h3>Intermediate values</h3><p>none: {html.escape(m)} is measured once per trial, "
+                                 "after the last epoch, so there is no per-epoch curve (and no pruning).</p>")
         self.figure("Parallel coordinates", "parallel", lambda: vis.plot_parallel_coordinate(s, target_name=m),
                     lambda: mpl.plot_parallel_coordinate(s, target_name=m), size=(12, 5))
         params = list(s.best_params)
