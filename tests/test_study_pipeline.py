@@ -184,6 +184,10 @@ def test_refined_objective_is_measured_after_the_last_epoch_and_not_pruned(tmp_p
         # refinement lands samples on exact solutions that the 1-epoch raw model misses
         assert t.user_attrs["refined_mode_precision"] > t.user_attrs["mode_precision"]
         assert t.user_attrs["refined_misfit_rmse"] < 0.5 * t.user_attrs["misfit_rmse"]
+    r = cli("report", "--study", "ref", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    index = (tmp_path / "reports" / "ref" / "index.html").read_text()
+    assert "measured once per trial" in index and not (tmp_path / "reports" / "ref" / "intermediate.html").exists()
     fixed.pop("eval_refine")
     f = write_study(tmp_path / "ref2.yaml", name="ref2", fixed=fixed,
                     objective={"metric": "refined_mode_recall", "direction": "maximize"})
