@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from .errors import UserError
 from .problems import Problem, ends_from_unit, line_points, unit_from_ends
 
 
@@ -110,7 +111,14 @@ def _levenberg_marquardt(
 
         cols = []
         for j in range(d):
-            r, col = torch.func.jvp(f, (theta,), (basis[j],))
+            try:
+                r, col = torch.func.jvp(f, (theta,), (basis[j],))
+            except (RuntimeError, NotImplementedError) as exc:  # e.g. a custom autograd.Function without jvp
+                raise UserError(
+                    f"problem {problem.name!r} does not support forward-mode differentiation, which LM refinement "
+                    f"needs ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                    "use --refine-method adam"
+                ) from None
             cols.append(col)
         jac = torch.stack(cols, dim=-1)  # (n, residuals, d)
         grad = (jac * r.unsqueeze(-1)).sum(1)

@@ -11,7 +11,8 @@ from cvae_opt.config import Config
 from cvae_opt.data import load_pairs, sample_lines
 from cvae_opt.metrics import enumerate_solutions, evaluate_samples
 from cvae_opt.models import build_model
-from cvae_opt.problems import TWO_BIRDS
+from cvae_opt.errors import UserError
+from cvae_opt.problems import TWO_BIRDS, Problem
 from cvae_opt.refine import line_ends, refine, select_diverse
 
 
@@ -91,3 +92,28 @@ def test_generate_cli_records_refinement_and_oversampling(tmp_path, challenge):
     assert sub.tensors[0].shape == (250, 1, 50, 2)
     r = subprocess.run([*map(str, args), "--refine", "-1"], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("error: ")
+
+
+class _BackwardOnlyCos(torch.autograd.Function):
+    """A user's forward with a hand-written backward and no forward-mode rule."""
+
+    @staticmethod
+    def forward(ctx, a):
+        ctx.save_for_backward(a)
+        return torch.cos(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        return -g * torch.sin(a)
+
+
+def test_lm_refinement_names_the_fix_when_a_problem_has_no_forward_mode(challenge):
+    p, _ = scoring(challenge)
+    coef = torch.tensor([[49.0, 56.0], [42.0, 63.0]])
+    problem = Problem("backward_only", lambda x: _BackwardOnlyCos.apply(x @ coef.to(x)), k=2)
+    x = sample_lines(problem, 2 * 3, torch.Generator().manual_seed(0)).reshape(2, 3, 50, 2)
+    with pytest.raises(UserError, match="use --refine-method adam"):
+        refine(problem, x, p.y[:2], steps=5)
+    out = refine(problem, x, p.y[:2], steps=5, method="adam")  # the fix works
+    assert out.shape == x.shape and torch.isfinite(out).all()
