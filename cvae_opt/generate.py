@@ -52,6 +52,26 @@ def generate_pairs(model: CVAE, y: torch.Tensor, n: int, seed: int = 0, batch: i
     return Pairs(x.reshape(m * n, *x.shape[2:]), y_rep.contiguous())
 
 
+def add_refine_args(ap: argparse.ArgumentParser) -> None:
+    """The refined pipeline's options, the same for every command that draws samples."""
+    ap.add_argument("--refine", type=int, default=0, metavar="STEPS",
+                    help="iterations fitting each sample's end points to its y (inside the box, slopes kept); 0 = raw. "
+                    "About 40 for lm, 600 for adam")
+    ap.add_argument("--refine-method", choices=METHODS, default="lm",
+                    help="lm: Levenberg-Marquardt (default, fewer and better iterations); adam: gradient steps")
+    ap.add_argument("--refine-lr", type=float, default=0.2, help="initial Adam step size (adam only; cosine decay)")
+    ap.add_argument("--oversample", type=int, default=1, metavar="K",
+                    help="draw K times the samples, (refine,) keep those that fit, farthest apart; 1 = off")
+
+
+def refine_options(args: argparse.Namespace) -> dict:
+    """Checked keyword arguments of `generate_samples` from the options of `add_refine_args`."""
+    if args.refine < 0 or args.oversample < 1:
+        raise UserError("--refine must be >= 0 and --oversample >= 1")
+    return {"refine_steps": args.refine, "refine_method": args.refine_method, "refine_lr": args.refine_lr,
+            "oversample": args.oversample}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m cvae_opt.generate",
@@ -66,35 +86,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch", type=int, default=8192, help="samples per decoder pass")
-    ap.add_argument("--refine", type=int, default=0, metavar="STEPS",
-                    help="iterations fitting each sample's end points to its y (inside the box, slopes kept); 0 = raw. "
-                    "About 60 for lm, 600 for adam")
-    ap.add_argument("--refine-method", choices=METHODS, default="lm",
-                    help="lm: Levenberg-Marquardt (default, fewer and better iterations); adam: gradient steps")
-    ap.add_argument("--refine-lr", type=float, default=0.2, help="initial Adam step size (adam only; cosine decay)")
-    ap.add_argument("--oversample", type=int, default=1, metavar="K",
-                    help="draw K times the samples, (refine,) keep those that fit, farthest apart; 1 = off")
+    add_refine_args(ap)
     args = ap.parse_args(argv)
     if args.samples < 1:
         raise UserError(f"--samples must be a positive integer, got {args.samples}")
-    if args.refine < 0 or args.oversample < 1:
-        raise UserError("--refine must be >= 0 and --oversample >= 1")
+    options = refine_options(args)
     model, cfg, _ = load_checkpoint(args.checkpoint, resolve_device(args.device))
     problem = resolve_problem(cfg.data.problem)
     cond = load_pairs(args.conditions, problem)
     t0 = time.perf_counter()
     pairs = generate_pairs(
-        model, cond.y, args.samples, seed=args.seed, batch=args.batch, refine_steps=args.refine,
-        oversample=args.oversample, problem=problem, refine_lr=args.refine_lr,
-        refine_method=args.refine_method,
+        model, cond.y, args.samples, seed=args.seed, batch=args.batch, problem=problem, **options,
     )
     seconds = time.perf_counter() - t0
     save_pairs(args.out, pairs)
     meta = {
         "checkpoint": args.checkpoint, "conditions": args.conditions, "samples_per_condition": args.samples,
-        "n_conditions": len(cond), "seed": args.seed, "seconds": seconds, "refine_steps": args.refine, "refine_method": args.refine_method,
-        "refine_lr": args.refine_lr,
-        "oversample": args.oversample, "mode": "raw" if not (args.refine or args.oversample > 1) else "refined",
+        "n_conditions": len(cond), "seed": args.seed, "seconds": seconds, **options,
+        "mode": "raw" if not (args.refine or args.oversample > 1) else "refined",
     }
     atomic_write_text(Path(str(args.out) + ".json"), json.dumps(meta, indent=2) + "\n")
     opts = f", refined {args.refine} {args.refine_method} steps" if args.refine else ""

@@ -14,10 +14,9 @@ from .checkpoints import load_checkpoint
 from .cli import run_main
 from .data import load_pairs
 from .errors import UserError
-from .generate import generate_samples
+from .generate import add_refine_args, generate_samples, refine_options
 from .plots import samples_figure, save_figure
 from .problems import resolve_problem
-from .refine import METHODS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,18 +32,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=4, help="how many given y (rows), default 4")
     ap.add_argument("--samples", type=int, default=30, help="samples per y, default 30")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--refine", type=int, default=0, metavar="STEPS", help="refine the samples first (as generate does)")
-    ap.add_argument("--refine-method", choices=METHODS, default="lm", help="refinement solver (as generate)")
-    ap.add_argument("--oversample", type=int, default=1, metavar="K", help="oversample and keep the diverse fits (as generate does)")
+    add_refine_args(ap)
     args = ap.parse_args(argv)
-    if args.n < 1 or args.samples < 1 or args.refine < 0 or args.oversample < 1:
-        raise UserError("--n and --samples must be positive, --refine >= 0, --oversample >= 1")
+    if args.n < 1 or args.samples < 1:
+        raise UserError("--n and --samples must be positive")
+    options = refine_options(args)
     model, cfg, _ = load_checkpoint(args.checkpoint)
     problem = resolve_problem(cfg.data.problem)
     cond = load_pairs(args.conditions, problem)
     y = cond.y[: args.n]
-    samples = generate_samples(model, y, args.samples, seed=args.seed, refine_steps=args.refine,
-                               oversample=args.oversample, problem=problem, refine_method=args.refine_method)
+    samples = generate_samples(model, y, args.samples, seed=args.seed, problem=problem, **options)
     how = "raw" if not (args.refine or args.oversample > 1) else (
         f"refine {args.refine} {args.refine_method}, oversample x{args.oversample}")
     fig = samples_figure(model, problem, y, samples=samples,
