@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from .errors import UserError
+from .models import CVAE
 from .problems import Problem, ends_from_unit, line_points, unit_from_ends
 
 
@@ -40,6 +41,30 @@ def line_ends(x: torch.Tensor) -> torch.Tensor:
 
 
 METHODS = ("lm", "adam")
+
+
+def generate_samples(
+    model: CVAE, y: torch.Tensor, n: int, seed: int = 0, batch: int = 8192,
+    refine_steps: int = 0, oversample: int = 1, problem: Problem | None = None, refine_lr: float = 0.2,
+    refine_method: str = "lm",
+) -> torch.Tensor:
+    """The pipeline `generate` runs, and the refined_* metrics of a trial: n samples per given y,
+    (M, n, P, 2). Raw: one decoder pass per sample. With `refine_steps`, each
+    sample's end points are fitted to y (see `refine`); with `oversample` K > 1, K*n are drawn (and
+    refined) and the n that fit, farthest apart, are kept."""
+    if oversample < 1 or refine_steps < 0:
+        raise ValueError("oversample must be >= 1 and refine_steps >= 0")
+    gen = torch.Generator().manual_seed(seed)
+    x = model.generate(y, n * oversample, batch=batch, generator=gen)  # (M, K*n, P, 2)
+    if refine_steps or oversample > 1:
+        if problem is None:
+            raise ValueError("refinement and oversampling need the problem")
+        yd = y.to(x.device)
+        if refine_steps:
+            x = refine(problem, x, yd, refine_steps, lr=refine_lr, method=refine_method)
+        if oversample > 1:
+            x = select_diverse(problem, x, yd, n)
+    return x.cpu()
 
 
 def refine(

@@ -23,7 +23,7 @@ from .errors import NonFiniteLoss, UserError
 from .metrics import can_enumerate, enumerate_solutions, evaluate_samples
 from .models import CVAE, build_model, kl_gaussians
 from .problems import Problem, resolve_problem
-from .refine import refine, select_diverse
+from .refine import generate_samples
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -133,10 +133,8 @@ class Evaluator:
         refined_: what a study needs when the model is meant as a source of starting points."""
         if len(self.y) == 0 or self.n_samples < 1 or steps < 1:
             return {}
-        gen = torch.Generator().manual_seed(self.seed)
-        x = model.generate(self.y, self.n_samples * oversample, generator=gen)
-        x = refine(self.problem, x, self.y.to(x.device), steps)
-        x = select_diverse(self.problem, x, self.y.to(x.device), self.n_samples)
+        x = generate_samples(model, self.y, self.n_samples, seed=self.seed, refine_steps=steps, oversample=oversample,
+                             problem=self.problem)
         m = evaluate_samples(self.problem, x, self.y, self.solutions, self.truth)
         return {f"refined_{k}": v for k, v in m.items() if k not in ("n_conditions", "samples_per_condition")}
 
