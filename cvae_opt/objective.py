@@ -25,7 +25,7 @@ from .errors import NonFiniteLoss, UserError
 from .metrics import can_enumerate
 from .plots import samples_figure, save_figure
 from .problems import resolve_problem
-from .studies import CONFIG_PATHS, StudySpec
+from .studies import CONFIG_PATHS, METRICS, StudySpec
 from .train import load_data, train
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
@@ -35,13 +35,8 @@ class ArtifactError(RuntimeError):
     """Writing a trial's checkpoint or plot failed (full disk, permissions): the trial fails, the study goes on."""
 
 
-RECORDED = (
-    "score", "misfit_rmse", "r2", "slope_signs", "valid_fraction", "diversity", "mode_precision", "mode_recall",
-    "truth_recall", "val_loss", "val_kl", "val_recon", "val_physics", "train_loss", "epoch", "epoch_seconds",
-    "refined_score", "refined_misfit_rmse", "refined_valid_fraction", "refined_diversity", "refined_mode_precision",
-    "refined_mode_recall", "refined_truth_recall",
-)
-MODE_METRICS = ("mode_precision", "mode_recall", "refined_mode_precision", "refined_mode_recall")
+RECORDED = (*METRICS, "train_loss", "epoch", "epoch_seconds")
+MODE_METRICS = tuple(m for m in METRICS if m.removeprefix("refined_") in ("mode_precision", "mode_recall"))
 
 
 def suggest_config(trial: optuna.trial.BaseTrial, spec: StudySpec, base: Config | None = None) -> Config:

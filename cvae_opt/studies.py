@@ -34,12 +34,13 @@ from .models import ModelConfig
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
 DERIVED = ("conv_channels", "conv_depth", "kernel_size")
+# after the last epoch only, with fixed: {eval_refine: STEPS}; no pruning on them
+REFINED_METRICS = tuple(
+    f"refined_{m}" for m in ("score", "misfit_rmse", "valid_fraction", "diversity", "mode_precision", "mode_recall", "truth_recall")
+)
 METRICS = (
     "score", "misfit_rmse", "r2", "slope_signs", "valid_fraction", "diversity", "mode_precision",
-    "mode_recall", "truth_recall", "val_loss", "val_kl", "val_recon", "val_physics",
-    # after the last epoch only, with fixed: {eval_refine: STEPS}; no pruning on them
-    "refined_score", "refined_misfit_rmse", "refined_valid_fraction", "refined_diversity",
-    "refined_mode_precision", "refined_mode_recall", "refined_truth_recall",
+    "mode_recall", "truth_recall", "val_loss", "val_kl", "val_recon", "val_physics", *REFINED_METRICS,
 )
 TOP_KEYS = ("name", "description", "problem", "data", "budget", "objective", "sampler", "pruner", "fixed", "search", "artifacts")
 
