@@ -28,6 +28,7 @@ class DataConfig:
     train_file: str | None = None  # challenge-format file instead of synthetic training pairs
     val_file: str | None = None
     cache_dir: str = "storage/data"
+    fresh: bool = False  # draw train_size new pairs from the prior every epoch, on the training device
 
 
 @dataclass
@@ -44,10 +45,16 @@ class TrainConfig:
     w_y: float = 1.0  # physics (forward misfit) weight
     physics_samples: int = 1  # samples per y drawn through the generation path for the physics term
     physics_reduce: str = "mean"  # mean over those samples, or "min": only the best-fitting one per y is pulled
+    # component latents: the physics term weights hypothesis c by r(c|y)^T renormalised (1: the
+    # posterior weight, 0: every hypothesis alike, so light ones are pulled onto solutions too)
+    physics_temperature: float = 1.0
     grad_clip: float = 0.0  # max gradient norm; 0 = off
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     eval_conditions: int = 100  # validation y used for generation metrics each epoch
+    # how the trial metrics draw (component latents): posterior | coverage, and the weights' temperature
+    eval_draw: str = "posterior"
+    eval_temperature: float = 1.0
     eval_samples: int = 10  # samples per validation y
     # refined-pipeline metrics (refined_*) after the last epoch: LM iterations (0 = off) and oversampling,
     # as `generate --refine eval_refine --oversample eval_oversample` on the validation conditions

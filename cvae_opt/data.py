@@ -41,6 +41,19 @@ def sample_lines(problem: Problem, n: int, generator: torch.Generator) -> torch.
     return line_points(ends, problem.n_points).float()
 
 
+def draw_pairs(problem: Problem, n: int, generator: torch.Generator, noise: float = 0.0) -> Pairs:
+    """n fresh pairs from the prior, drawn on the generator's device (no cache, no copy): what
+    `data.fresh` trains on, a new set every epoch."""
+    dev = generator.device
+    u = torch.rand(n, 4, generator=generator, device=dev)
+    x = line_points(ends_from_unit(u, problem.box, problem.slopes), problem.n_points)
+    with torch.no_grad():
+        y = problem(x)
+    if noise > 0:
+        y = y + noise * torch.randn(y.shape, generator=generator, device=dev)
+    return Pairs(x, y)
+
+
 def make_pairs(
     problem: Problem,
     n: int,

@@ -15,7 +15,7 @@ from .cli import run_main
 from .data import Pairs, load_pairs, save_pairs
 from .errors import UserError
 from .files import atomic_write_text
-from .models import CVAE
+from .models import CVAE, DRAWS
 from .problems import resolve_problem
 from .refine import METHODS, generate_samples
 from .train import resolve_device
@@ -39,14 +39,28 @@ def add_refine_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--refine-lr", type=float, default=0.2, help="initial Adam step size (adam only; cosine decay)")
     ap.add_argument("--oversample", type=int, default=1, metavar="K",
                     help="draw K times the samples, (refine,) keep those that fit, farthest apart; 1 = off")
+    ap.add_argument("--draw", choices=DRAWS, default="posterior",
+                    help="posterior (default): hypotheses drawn by the model's weights r(c|y), for uncertainty; "
+                    "coverage: every distinct hypothesis first, heaviest first, then repeats, for 'show me every "
+                    "model that fits' (categorical and mixed latents)")
+    ap.add_argument("--temperature", type=float, default=1.0, metavar="T",
+                    help="draw hypotheses by weight^T renormalised: 1 = the posterior, 0 = every hypothesis "
+                    "alike (categorical and mixed latents)")
 
 
-def refine_options(args: argparse.Namespace) -> dict:
+def refine_options(args: argparse.Namespace, model: CVAE | None = None) -> dict:
     """Checked keyword arguments of `generate_samples` from the options of `add_refine_args`."""
     if args.refine < 0 or args.oversample < 1:
         raise UserError("--refine must be >= 0 and --oversample >= 1")
+    if args.temperature < 0:
+        raise UserError(f"--temperature must be >= 0, got {args.temperature}")
+    if model is not None and not model.cfg.has_components and (args.draw != "posterior" or args.temperature != 1.0):
+        raise UserError(
+            f"--draw {args.draw} --temperature {args.temperature:g}: this model has a Gaussian latent, which has "
+            "only its posterior; coverage draws and temperatures need model.latent_type categorical or mixed"
+        )
     return {"refine_steps": args.refine, "refine_method": args.refine_method, "refine_lr": args.refine_lr,
-            "oversample": args.oversample}
+            "oversample": args.oversample, "draw": args.draw, "temperature": args.temperature}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.samples < 1:
         raise UserError(f"--samples must be a positive integer, got {args.samples}")
-    options = refine_options(args)
+    refine_options(args)  # bad values rejected before the checkpoint is read
     model, cfg, _ = load_checkpoint(args.checkpoint, resolve_device(args.device))
+    options = refine_options(args, model)
     problem = resolve_problem(cfg.data.problem)
     cond = load_pairs(args.conditions, problem)
     t0 = time.perf_counter()
@@ -81,10 +96,12 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint": args.checkpoint, "conditions": args.conditions, "samples_per_condition": args.samples,
         "n_conditions": len(cond), "seed": args.seed, "seconds": seconds, **options,
         "mode": "raw" if not (args.refine or args.oversample > 1) else "refined",
+        "latent_type": cfg.model.latent_type,
     }
     atomic_write_text(Path(str(args.out) + ".json"), json.dumps(meta, indent=2) + "\n")
     opts = f", refined {args.refine} {args.refine_method} steps" if args.refine else ""
     opts += f", oversampled x{args.oversample}" if args.oversample > 1 else ""
+    opts += f", {args.draw} draws" + (f" at temperature {args.temperature:g}" if args.temperature != 1.0 else "")
     print(f"wrote {args.out}: {len(pairs)} samples ({len(cond)} conditions x {args.samples}{opts}) in {seconds:.2f}s")
     return 0
 

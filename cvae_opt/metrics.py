@@ -20,6 +20,9 @@ Definitions (all on samples of shape (M, S, n_points, 2) for M given y, S sample
   solution when every point is within `tol` (0.02) of it, which for straight lines is every end point
   within tol. Precision: share of samples that hit some solution. Recall: share of all exact solutions
   (pooled over the given y) hit by at least one sample.
+- exact_posterior_recall: the mode recall that S independent draws from the exact posterior reach in
+  expectation (`mode_weights`, `expected_recall`): light modes are rarely drawn, so posterior samples
+  cannot cover every mode; coverage draws can.
 - truth_recall (with true x): share of given y whose true x is hit by at least one sample.
 """
 
@@ -174,6 +177,60 @@ def _gauss_newton(e: np.ndarray, y: np.ndarray, terms: np.ndarray, t: np.ndarray
     return e
 
 
+def mode_weights(problem: Problem, solutions: list[np.ndarray]) -> list[np.ndarray]:
+    """The exact posterior's weight of each enumerated solution of each y (each y's weights sum to 1).
+
+    For a noiseless (or slightly noisy) measurement the posterior concentrates on the solutions, and
+    the mass near solution e is proportional to prior(e) / sqrt(det(J^T J)), J the derivatives of the
+    n_points*k values of y with respect to the 4 end points there. The prior density of the end points
+    follows from how they are drawn (`problems.ends_from_unit` of a uniform u): a descending channel
+    contributes 1 / ((hi - lo)(hi - end)), an ascending one 1 / ((hi - lo)(hi - start)). Light modes
+    are the ones a posterior sampler rarely shows: see `expected_recall`."""
+    if not can_enumerate(problem):
+        raise ValueError(f"problem {problem.name!r}: mode weights need enumerable (cosine) conditions")
+    terms = np.array(problem.cosines, dtype=np.float64)
+    p, q = terms[:, 0], terms[:, 1]
+    lo, hi = problem.box
+    t = np.linspace(0.0, 1.0, problem.n_points)
+    w0 = np.stack([1 - t, t], axis=-1)
+    out = []
+    for sols in solutions:
+        if len(sols) == 0:
+            out.append(np.zeros(0))
+            continue
+        e = np.stack([sols[:, 0, 0], sols[:, -1, 0], sols[:, 0, 1], sols[:, -1, 1]], axis=-1)  # (n, 4)
+        u = _lines(e, t) @ terms[:, :2].T + terms[:, 2]
+        sn = -np.sin(u)
+        J = np.concatenate(
+            [(sn * p)[..., None] * w0[None, :, None, :], (sn * q)[..., None] * w0[None, :, None, :]], axis=-1
+        ).reshape(len(e), -1, 4)
+        _, logdet = np.linalg.slogdet(J.transpose(0, 2, 1) @ J)
+        log_prior = np.zeros(len(e))
+        for c, sign in enumerate(problem.slopes):
+            start, end = e[:, 2 * c], e[:, 2 * c + 1]
+            free = end if sign < 0 else start  # the point drawn second lies between the first and the top
+            log_prior -= np.log(hi - lo) + (np.log(np.maximum(hi - free, 1e-9)) if sign != 0 else np.log(hi - lo))
+        logw = log_prior - 0.5 * logdet
+        w = np.exp(logw - logw.max())
+        out.append(w / w.sum())
+    return out
+
+
+def expected_recall(weights: list[np.ndarray], n: int, temperature: float = 1.0) -> float:
+    """Expected mode recall of n independent draws per y from weights (tempered: w^T renormalised),
+    pooled over all modes as `mode_recall` is. With the exact posterior's `mode_weights` and T = 1 it
+    is the limit a perfect posterior sampler reaches with n samples per y."""
+    hit = total = 0.0
+    for w in weights:
+        if len(w) == 0:
+            continue
+        wt = w**temperature if temperature > 0 else np.ones_like(w)
+        wt = wt / wt.sum()
+        hit += float((1.0 - (1.0 - wt) ** n).sum())
+        total += len(w)
+    return hit / max(total, 1.0)
+
+
 def _hit_matrix(samples: np.ndarray, sols: np.ndarray, tol: float) -> np.ndarray:
     """(S, n_sol) bool: every point of the sample within tol of the solution."""
     if len(sols) == 0:
@@ -245,6 +302,9 @@ def evaluate_samples(
         out["mode_precision"] = float(np.mean([h.any(axis=1).mean() if h.shape[1] else 0.0 for h in hits]))
         out["mode_recall"] = float(sum(int(h.any(axis=0).sum()) for h in hits) / max(n_sol, 1))
         out["solutions_per_condition"] = n_sol / m
+        # what a perfect posterior sampler would reach with as many independent draws: the honest ceiling
+        # of mode_recall for posterior draws (coverage draws can exceed it)
+        out["exact_posterior_recall"] = expected_recall(mode_weights(problem, solutions), s)
     if truth is not None:
         tr = torch.as_tensor(truth).detach().double().cpu().numpy()
         out["truth_recall"] = float(np.mean([_hit_matrix(xs[g], tr[g : g + 1], tol).any() for g in range(m)]))

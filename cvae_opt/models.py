@@ -5,6 +5,20 @@
   the KL term is KL(q || r) and generation draws z ~ r(z|y).
 
 Both share the same encoder and decoder code, so a study compares architectures, not implementations.
+
+Latent types (`latent_type`):
+- `gaussian`: z ~ N(mu, sigma) of `latent` dimensions (the notebooks' model).
+- `categorical`: one of `components` (K) hypotheses. The decoder emits all K outputs for a y in one
+  pass; the recognition side is q(c | x, y) (K logits from the encoder) and the ELBO is marginalised
+  exactly over c (sum over the K outputs weighted by q, categorical KL), so no Gumbel noise or
+  sampling of c is needed in training. p(x | y) is then a mixture of K point hypotheses, which is what
+  two birds needs: each y has a dozen separate exact solutions.
+- `mixed`: a component and a small Gaussian z within it (`latent` dimensions), for problems whose
+  solutions form continua rather than points.
+The component prior is r(c | y) for `cvae_re` (the prior network gives the weights; generation draws c
+from it) and, as that architecture has no prior network, a y-independent one for `cvae`: uniform or a
+learnt vector of K logits (`component_prior`).
+
 Decoder heads: `signal` emits all n_points x 2 values through transposed convolutions (as in the
 notebooks); `line` emits the four end points through a map that keeps lines straight, inside the prior
 box and correctly sloped by construction.
@@ -22,6 +36,10 @@ from .problems import Problem, ends_from_unit, line_points
 
 ARCHS = ("cvae", "cvae_re")
 HEADS = ("signal", "line")
+LATENT_TYPES = ("gaussian", "categorical", "mixed")
+RECOGNITIONS = ("encoder", "exact")
+COMPONENT_PRIORS = ("uniform", "learnt")
+DRAWS = ("posterior", "coverage")
 ACTIVATIONS = {
     "relu": nn.ReLU,
     "leaky_relu": lambda: nn.LeakyReLU(0.01),
@@ -45,6 +63,22 @@ class ModelConfig:
     activation: str = "relu"
     batch_norm: bool = False
     head: str = "line"
+    latent_type: str = "gaussian"  # gaussian | categorical | mixed
+    components: int = 32  # K, for categorical and mixed latents
+    component_prior: str = "learnt"  # cvae only: uniform | learnt (y-independent logits)
+    decoder_depth: int = 2  # hidden layers of the decoder MLP
+    # q(c | x, y) of component latents: `encoder` (a network, the CVAE's recognition encoder) or `exact`
+    # (the model's own posterior over its K hypotheses, r(c|y) exp(-w_x recon_c / beta) renormalised,
+    # which makes the bound tight; a mixed latent keeps the encoder for its Gaussian part)
+    recognition: str = "encoder"
+
+    @property
+    def has_components(self) -> bool:
+        return self.latent_type in ("categorical", "mixed")
+
+    @property
+    def has_gaussian(self) -> bool:
+        return self.latent_type in ("gaussian", "mixed")
 
     def validate(self, n_points: int = 50) -> None:
         if self.arch not in ARCHS:
@@ -59,6 +93,18 @@ class ModelConfig:
             )
         if min(self.channels) < 1 or min(self.kernels) < 1 or self.latent < 1 or self.hidden < 1:
             raise UserError("model: latent, hidden, channels and kernels must be positive")
+        if self.latent_type not in LATENT_TYPES:
+            raise UserError(f"model.latent_type: unknown {self.latent_type!r}; use one of {list(LATENT_TYPES)}")
+        if self.has_components and self.components < 2:
+            raise UserError(f"model.components: {self.components}; a {self.latent_type} latent needs at least 2")
+        if self.component_prior not in COMPONENT_PRIORS:
+            raise UserError(
+                f"model.component_prior: unknown {self.component_prior!r}; use one of {list(COMPONENT_PRIORS)}"
+            )
+        if self.recognition not in RECOGNITIONS:
+            raise UserError(f"model.recognition: unknown {self.recognition!r}; use one of {list(RECOGNITIONS)}")
+        if self.decoder_depth < 1:
+            raise UserError(f"model.decoder_depth: {self.decoder_depth}; use 1 or more hidden layers")
         if conv_length(n_points, self.kernels) < 1:
             raise UserError(
                 f"model.kernels {self.kernels} shrink {n_points} points to {conv_length(n_points, self.kernels)}; "
@@ -95,6 +141,24 @@ class GaussianHead(nn.Module):
         return self.mu(h), lv
 
 
+class LatentHead(nn.Module):
+    """The latent's parameters from features: a Gaussian (mean, log-variance), K component logits, or
+    both (mixed)."""
+
+    def __init__(self, width: int, cfg: ModelConfig):
+        super().__init__()
+        self.gauss = GaussianHead(width, cfg.latent) if cfg.has_gaussian else None
+        self.logits = nn.Linear(width, cfg.components) if cfg.has_components else None
+
+    def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        if self.gauss is not None:
+            out["mu"], out["logvar"] = self.gauss(h)
+        if self.logits is not None:
+            out["logits"] = self.logits(h)
+        return out
+
+
 class Encoder(nn.Module):
     """q(z | x, y): x and y stacked as channels of a 1-D sequence of n_points, unpadded convolutions,
     then the flattened features and y itself through an MLP."""
@@ -112,43 +176,50 @@ class Encoder(nn.Module):
         self.convs = nn.Sequential(*convs)
         feat = c_in * conv_length(n_points, cfg.kernels)
         self.mlp = _mlp([feat + n_points * k, cfg.hidden], cfg.activation, cfg.batch_norm)
-        self.head = GaussianHead(cfg.hidden, cfg.latent)
+        self.head = LatentHead(cfg.hidden, cfg)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         h = self.convs(torch.cat([x, y], dim=-1).transpose(1, 2)).flatten(1)
         return self.head(self.mlp(torch.cat([h, y.flatten(1)], dim=1)))
 
 
 class PriorNet(nn.Module):
-    """r(z | y) of the dual-encoder CVAE."""
+    """r(z | y) of the dual-encoder CVAE (and r(c | y), the component weights, for component latents)."""
 
     def __init__(self, cfg: ModelConfig, n_points: int, k: int):
         super().__init__()
         sizes = [n_points * k] + [cfg.prior_hidden] * max(cfg.prior_depth, 1)
         self.mlp = _mlp(sizes, cfg.activation, cfg.batch_norm)
-        self.head = GaussianHead(cfg.prior_hidden, cfg.latent)
+        self.head = LatentHead(cfg.prior_hidden, cfg)
 
-    def forward(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.head(self.mlp(y.flatten(1)))
 
 
 class Decoder(nn.Module):
-    """p(x | z, y) with a `signal` or a `line` head."""
+    """p(x | z, c, y) with a `signal` or a `line` head. With components, the line head emits the end
+    points of all K hypotheses from one trunk pass (a K x 4 output layer); the signal head takes the
+    component as a one-hot input, so all K are decoded as K rows of one batch."""
 
     def __init__(self, cfg: ModelConfig, problem: Problem):
         super().__init__()
         n, k = problem.n_points, problem.k
         self.head_kind = cfg.head
         self.n_points, self.box, self.slopes = n, problem.box, problem.slopes
-        self.trunk = _mlp([cfg.latent + n * k, cfg.hidden], cfg.activation, cfg.batch_norm)
+        self.z_dim = cfg.latent if cfg.has_gaussian else 0
+        self.n_comp = cfg.components if cfg.has_components else 1
+        self.one_hot = cfg.has_components and cfg.head == "signal"
+        c_in = self.z_dim + n * k + (self.n_comp if self.one_hot else 0)
+        self.trunk = _mlp([c_in, cfg.hidden], cfg.activation, cfg.batch_norm)
         if cfg.head == "line":
+            outs = 4 * (1 if self.one_hot else self.n_comp)
             self.out = nn.Sequential(
-                *_mlp([cfg.hidden, cfg.hidden], cfg.activation, cfg.batch_norm), nn.Linear(cfg.hidden, 4)
+                *_mlp([cfg.hidden] * cfg.decoder_depth, cfg.activation, cfg.batch_norm), nn.Linear(cfg.hidden, outs)
             )
         else:
             self.length = conv_length(n, cfg.kernels)
             self.c_last = cfg.channels[-1]
-            self.expand = _mlp([cfg.hidden, self.c_last * self.length], cfg.activation, False)
+            self.expand = _mlp([cfg.hidden] * (cfg.decoder_depth - 1) + [self.c_last * self.length], cfg.activation, False)
             layers: list[nn.Module] = []
             chans = list(reversed(cfg.channels[:-1])) + [2]
             c_in = self.c_last
@@ -161,65 +232,192 @@ class Decoder(nn.Module):
                 c_in = c
             self.deconvs = nn.Sequential(*layers)
 
-    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        h = self.trunk(torch.cat([z, y.flatten(1)], dim=1))
+    def forward(self, z: torch.Tensor | None, y: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """x for rows (z, y): (B, P, 2) for component c (B,) or without components, else all K
+        hypotheses (B, K, P, 2)."""
+        b = y.shape[0]
+        inp = y.flatten(1) if z is None or self.z_dim == 0 else torch.cat([z, y.flatten(1)], dim=1)
+        if self.one_hot:
+            if c is None:  # all K: K rows per input row
+                eye = torch.eye(self.n_comp, dtype=inp.dtype, device=inp.device)
+                rows = torch.cat([inp.unsqueeze(1).expand(b, self.n_comp, inp.shape[1]),
+                                  eye.unsqueeze(0).expand(b, -1, -1)], dim=2).reshape(b * self.n_comp, -1)
+                return self._emit(self.trunk(rows)).view(b, self.n_comp, self.n_points, 2)
+            onehot = torch.nn.functional.one_hot(c, self.n_comp).to(inp.dtype)
+            return self._emit(self.trunk(torch.cat([inp, onehot], dim=1)))
+        h = self.trunk(inp)
+        if self.head_kind == "signal":  # no components
+            return self._emit(h)
+        ends = self.ends(h).view(b, self.n_comp, 4)
+        if self.n_comp == 1:
+            return line_points(ends[:, 0], self.n_points)
+        if c is not None:
+            ends = ends.gather(1, c.view(b, 1, 1).expand(b, 1, 4)).squeeze(1)
+        return line_points(ends, self.n_points)
+
+    def _emit(self, h: torch.Tensor) -> torch.Tensor:
         if self.head_kind == "line":
             return line_points(self.ends(h), self.n_points)
         h = self.expand(h).view(-1, self.c_last, self.length)
         return self.deconvs(h).transpose(1, 2)
 
     def ends(self, h: torch.Tensor) -> torch.Tensor:
-        return ends_from_unit(torch.sigmoid(self.out(h)), self.box, self.slopes)
+        u = torch.sigmoid(self.out(h))
+        return ends_from_unit(u.view(*u.shape[:-1], -1, 4), self.box, self.slopes).flatten(-2)
+
+
+def repeat_rows(t: torch.Tensor, n: int) -> torch.Tensor:
+    """Each row of t repeated n times in place: (M, ...) -> (M * n, ...), row-major by the M rows."""
+    return t.unsqueeze(1).expand(t.shape[0], n, *t.shape[1:]).reshape(t.shape[0] * n, *t.shape[1:])
 
 
 class CVAE(nn.Module):
-    """Either architecture: `prior` is None for `cvae` (z ~ N(0, I)) and r(z|y) for `cvae_re`."""
+    """Either architecture: `prior` is None for `cvae` (z ~ N(0, I); component weights uniform or
+    learnt without y) and r(z|y) (and r(c|y)) for `cvae_re`."""
 
     def __init__(self, cfg: ModelConfig, problem: Problem):
         super().__init__()
         self.cfg = cfg
         self.n_points, self.k = problem.n_points, problem.k
-        self.encoder = Encoder(cfg, problem.n_points, problem.k)
+        exact_only = cfg.latent_type == "categorical" and cfg.recognition == "exact"
+        self.encoder = None if exact_only else Encoder(cfg, problem.n_points, problem.k)
         self.prior = PriorNet(cfg, problem.n_points, problem.k) if cfg.arch == "cvae_re" else None
         self.decoder = Decoder(cfg, problem)
+        if self.prior is None and cfg.has_components and cfg.component_prior == "learnt":
+            self.component_logits = nn.Parameter(torch.zeros(cfg.components))
+        else:
+            self.register_parameter("component_logits", None)
 
-    def prior_params(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.prior is None:
+    def prior_params(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The generation path's latent parameters for each y: mu/logvar (Gaussian part, N(0, I) for
+        cvae) and logits (component weights before the softmax)."""
+        if self.prior is not None:
+            return self.prior(y)
+        out: dict[str, torch.Tensor] = {}
+        if self.cfg.has_gaussian:
             zeros = y.new_zeros(y.shape[0], self.cfg.latent)
-            return zeros, zeros
-        return self.prior(y)
+            out["mu"], out["logvar"] = zeros, zeros
+        if self.cfg.has_components:
+            logits = self.component_logits if self.component_logits is not None else y.new_zeros(self.cfg.components)
+            out["logits"] = logits.unsqueeze(0).expand(y.shape[0], -1)
+        return out
+
+    def component_weights(self, y: torch.Tensor) -> torch.Tensor:
+        """r(c | y), (M, K): the posterior weight the model gives each hypothesis."""
+        return torch.softmax(self.prior_params(y)["logits"], dim=-1)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        mu_q, lv_q = self.encoder(x, y)
-        mu_p, lv_p = self.prior_params(y)
-        z = mu_q + torch.randn_like(mu_q) * torch.exp(0.5 * lv_q)
-        return {"x_hat": self.decoder(z, y), "mu_q": mu_q, "logvar_q": lv_q, "mu_p": mu_p, "logvar_p": lv_p}
+        """Recognition pass. Gaussian: x_hat (B, P, 2). Components: x_all (B, K, P, 2), every
+        hypothesis decoded (with z ~ q(z|x,y) for mixed), and the logits of q(c|x,y) (from the encoder;
+        with exact recognition the loss computes them) and r(c|y)."""
+        q = self.encoder(x, y) if self.encoder is not None else {}
+        if self.cfg.recognition == "exact":
+            q.pop("logits", None)
+        p = self.prior_params(y)
+        out = {f"{k}_q": v for k, v in q.items()} | {f"{k}_p": v for k, v in p.items()}
+        z = None
+        if self.cfg.has_gaussian:
+            z = q["mu"] + torch.randn_like(q["mu"]) * torch.exp(0.5 * q["logvar"])
+        if self.cfg.has_components:
+            out["x_all"] = self.decoder(z, y)
+        else:
+            out["x_hat"] = self.decoder(z, y)
+        return out
 
     def draw(self, y: torch.Tensor, n: int = 1, eps: torch.Tensor | None = None) -> torch.Tensor:
-        """n samples per y through the generation path, differentiable: (M, n, n_points, 2).
+        """n samples per y through the Gaussian generation path, differentiable: (M, n, n_points, 2).
         `eps` (M, n, latent) fixes the standard-normal draws."""
-        mu_p, lv_p = self.prior_params(y)
+        p = self.prior_params(y)
         m = y.shape[0]
         if eps is None:
             eps = torch.randn(m, n, self.cfg.latent, device=y.device, dtype=y.dtype)
-        z = mu_p.unsqueeze(1) + eps.to(y) * torch.exp(0.5 * lv_p).unsqueeze(1)
-        y_rep = y.unsqueeze(1).expand(m, n, *y.shape[1:]).reshape(m * n, *y.shape[1:])
-        return self.decoder(z.reshape(m * n, -1), y_rep).view(m, n, self.n_points, 2)
+        z = p["mu"].unsqueeze(1) + eps.to(y) * torch.exp(0.5 * p["logvar"]).unsqueeze(1)
+        return self.decoder(z.reshape(m * n, -1), repeat_rows(y, n)).view(m, n, self.n_points, 2)
+
+    def draw_all(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every hypothesis for each y through the generation path, differentiable: x (M, K, P, 2)
+        (one z ~ r(z|y) per y for a mixed latent) and the log-weights log r(c|y) (M, K)."""
+        p = self.prior_params(y)
+        z = None
+        if self.cfg.has_gaussian:
+            z = p["mu"] + torch.randn_like(p["mu"]) * torch.exp(0.5 * p["logvar"])
+        return self.decoder(z, y), torch.log_softmax(p["logits"], dim=-1)
+
+    def choose_components(
+        self, weights: torch.Tensor, n: int, generator: torch.Generator | None = None, draw: str = "posterior",
+        temperature: float = 1.0, min_weight: float = 0.01,
+    ) -> torch.Tensor:
+        """Components (M, n) for n samples per y from weights (M, K), on the CPU.
+
+        posterior: independent draws from the weights (tempered: w^T renormalised over the components of
+        weight >= min_weight when T != 1; T = 1 is the model's posterior). coverage: first every distinct
+        component of weight >= min_weight, heaviest first, then tempered draws among them, so n samples
+        show min(n, #components) different hypotheses."""
+        if draw not in DRAWS:
+            raise ValueError(f"unknown draw {draw!r}; use one of {', '.join(DRAWS)}")
+        if temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        w = weights.detach().double().cpu()
+        m, k = w.shape
+        thr = min(min_weight, 1.0 / k)
+        eligible = (w >= thr) | (w == w.max(dim=1, keepdim=True).values)
+        if draw == "posterior" and temperature == 1.0:
+            tempered = w
+        else:
+            tempered = torch.where(eligible, w.clamp_min(1e-300) ** temperature, torch.zeros_like(w))
+        tempered = tempered / tempered.sum(dim=1, keepdim=True)
+        picks = torch.multinomial(tempered, n, replacement=True, generator=generator)
+        if draw == "posterior":
+            return picks
+        order = torch.argsort(w, dim=1, descending=True)
+        count = eligible.sum(dim=1, keepdim=True)
+        j = torch.arange(n).unsqueeze(0)
+        distinct = order.gather(1, j.clamp(max=k - 1).expand(m, n))
+        return torch.where(j < count, distinct, picks)
+
+    def sample(
+        self, y: torch.Tensor, n: int, eps: torch.Tensor | None = None, c: torch.Tensor | None = None,
+        generator: torch.Generator | None = None, draw: str = "posterior", temperature: float = 1.0,
+    ) -> torch.Tensor:
+        """n samples per y through the generation path: (M, n, P, 2). `eps` (M, n, latent) fixes the
+        Gaussian draws, `c` (M, n) the components (else chosen by `choose_components`)."""
+        if not self.cfg.has_components:
+            return self.draw(y, n, eps)
+        m = y.shape[0]
+        p = self.prior_params(y)
+        if c is None:
+            c = self.choose_components(torch.softmax(p["logits"], dim=-1), n, generator, draw, temperature)
+        z = None
+        if self.cfg.has_gaussian:
+            if eps is None:
+                eps = torch.randn(m, n, self.cfg.latent, device=y.device, dtype=y.dtype)
+            z = (p["mu"].unsqueeze(1) + eps.to(y) * torch.exp(0.5 * p["logvar"]).unsqueeze(1)).reshape(m * n, -1)
+        return self.decoder(z, repeat_rows(y, n), c.to(y.device).reshape(-1)).view(m, n, self.n_points, 2)
 
     @torch.no_grad()
     def generate(
-        self, y: torch.Tensor, n: int, batch: int = 8192, generator: torch.Generator | None = None
+        self, y: torch.Tensor, n: int, batch: int = 8192, generator: torch.Generator | None = None,
+        draw: str = "posterior", temperature: float = 1.0,
     ) -> torch.Tensor:
         """n samples for each of M given y, (M, n, n_points, 2), in batches of about `batch` samples.
-        With a (CPU) generator the result does not depend on the batch size or the device."""
+        With a (CPU) generator the result does not depend on the batch size or the device. `draw` and
+        `temperature`: see `choose_components`; a Gaussian latent has only its posterior."""
+        if not self.cfg.has_components and (draw != "posterior" or temperature != 1.0):
+            raise ValueError("coverage draws and temperatures need a categorical or mixed latent")
         was_training = self.training
         self.eval()
         try:
             y = y.to(next(self.parameters()).device, torch.float32)
-            eps = torch.randn(y.shape[0], n, self.cfg.latent, generator=generator) if generator is not None else None
             per = max(1, batch // max(n, 1))
+            eps = c = None
+            if generator is not None and self.cfg.has_gaussian:
+                eps = torch.randn(y.shape[0], n, self.cfg.latent, generator=generator)
+            if self.cfg.has_components:  # all components chosen at once: independent of the batching
+                w = torch.cat([self.component_weights(y[i : i + per]).cpu() for i in range(0, y.shape[0], per)])
+                c = self.choose_components(w, n, generator, draw, temperature)
             return torch.cat([
-                self.draw(y[i : i + per], n, None if eps is None else eps[i : i + per])
+                self.sample(y[i : i + per], n, None if eps is None else eps[i : i + per],
+                            None if c is None else c[i : i + per])
                 for i in range(0, y.shape[0], per)
             ])
         finally:
@@ -240,3 +438,9 @@ def kl_gaussians(mu_q: torch.Tensor, lv_q: torch.Tensor, mu_p: torch.Tensor, lv_
     usual KL to N(0, I).
     """
     return 0.5 * (lv_p - lv_q + (torch.exp(lv_q) + (mu_q - mu_p) ** 2) * torch.exp(-lv_p) - 1.0)
+
+
+def kl_categorical(logits_q: torch.Tensor, logits_p: torch.Tensor) -> torch.Tensor:
+    """KL(q || r) of categorical distributions given by logits (..., K), summed over the K components."""
+    log_q = torch.log_softmax(logits_q, dim=-1)
+    return (log_q.exp() * (log_q - torch.log_softmax(logits_p, dim=-1))).sum(-1)

@@ -36,14 +36,17 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.n < 1 or args.samples < 1:
         raise UserError("--n and --samples must be positive")
-    options = refine_options(args)
+    refine_options(args)
     model, cfg, _ = load_checkpoint(args.checkpoint)
+    options = refine_options(args, model)
     problem = resolve_problem(cfg.data.problem)
     cond = load_pairs(args.conditions, problem)
     y = cond.y[: args.n]
     samples = generate_samples(model, y, args.samples, seed=args.seed, problem=problem, **options)
     how = "raw" if not (args.refine or args.oversample > 1) else (
         f"refine {args.refine} {args.refine_method}, oversample x{args.oversample}")
+    if model.cfg.has_components:
+        how += f", {args.draw}" + (f" T={args.temperature:g}" if args.temperature != 1.0 else "")
     fig = samples_figure(model, problem, y, samples=samples,
                          title=f"{Path(args.checkpoint).name}: {args.samples} samples per given y ({how})")
     save_figure(fig, args.out)

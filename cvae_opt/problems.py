@@ -54,7 +54,17 @@ def cosine_problem(
 
 
 TWO_BIRDS = cosine_problem("two_birds", [(49.0, 42.0, 0.0), (56.0, 63.0, 0.0)])
-BUILTIN: dict[str, Problem] = {TWO_BIRDS.name: TWO_BIRDS}
+
+
+def _line_product(x: torch.Tensor) -> torch.Tensor:
+    return (x[..., 0] * x[..., 1]).unsqueeze(-1)
+
+
+# y = x0 * x1 point by point: a y is explained by a one-parameter family of line pairs (scale one line
+# up and the other down while both stay straight, in the box and correctly sloped), a continuum rather
+# than separate points. The test bed of the mixed latent: a categorical-only model cannot cover it.
+LINE_PRODUCT = Problem("line_product", _line_product, k=1)
+BUILTIN: dict[str, Problem] = {TWO_BIRDS.name: TWO_BIRDS, LINE_PRODUCT.name: LINE_PRODUCT}
 
 
 def _check_forward(spec: str, forward: Forward, n_points: int) -> int:

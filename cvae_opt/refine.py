@@ -46,7 +46,7 @@ METHODS = ("lm", "adam")
 def generate_samples(
     model: CVAE, y: torch.Tensor, n: int, seed: int = 0, batch: int = 8192,
     refine_steps: int = 0, oversample: int = 1, problem: Problem | None = None, refine_lr: float = 0.2,
-    refine_method: str = "lm",
+    refine_method: str = "lm", draw: str = "posterior", temperature: float = 1.0,
 ) -> torch.Tensor:
     """The pipeline `generate` runs, and the refined_* metrics of a trial: n samples per given y,
     (M, n, P, 2). Raw: one decoder pass per sample. With `refine_steps`, each
@@ -55,7 +55,7 @@ def generate_samples(
     if oversample < 1 or refine_steps < 0:
         raise ValueError("oversample must be >= 1 and refine_steps >= 0")
     gen = torch.Generator().manual_seed(seed)
-    x = model.generate(y, n * oversample, batch=batch, generator=gen)  # (M, K*n, P, 2)
+    x = model.generate(y, n * oversample, batch=batch, generator=gen, draw=draw, temperature=temperature)
     if refine_steps or oversample > 1:
         if problem is None:
             raise ValueError("refinement and oversampling need the problem")

@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from .config import Config, TrainConfig
-from .data import Pairs, load_pairs, make_pairs
+from .data import Pairs, draw_pairs, load_pairs, make_pairs
 from .errors import NonFiniteLoss, UserError
 from .metrics import can_enumerate, enumerate_solutions, evaluate_samples
-from .models import CVAE, build_model, kl_gaussians
+from .models import CVAE, DRAWS, build_model, kl_categorical, kl_gaussians
 from .problems import Problem, resolve_problem
 from .refine import generate_samples
 
@@ -43,8 +43,12 @@ def load_data(cfg: Config, problem: Problem) -> tuple[Pairs, Pairs]:
     """Training and validation pairs as the config says: files if given, else seeded synthetic draws
     (validation from a different seed, so it never overlaps training)."""
     d = cfg.data
+    if d.train_file and d.fresh:
+        raise UserError("data.fresh draws new training pairs from the prior every epoch: drop data.train_file or set fresh: false")
     if d.train_file:
         train = load_pairs(d.train_file, problem)
+    elif d.fresh:  # replaced every epoch: no cache
+        train = draw_pairs(problem, d.train_size, torch.Generator().manual_seed(d.seed), d.noise)
     else:
         train = make_pairs(problem, d.train_size, d.seed, d.noise, d.cache_dir)
     if d.val_file:
@@ -57,26 +61,57 @@ def load_data(cfg: Config, problem: Problem) -> tuple[Pairs, Pairs]:
 def loss_terms(
     model: CVAE, problem: Problem, x: torch.Tensor, y: torch.Tensor, tc: TrainConfig, beta: float
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The training objective and its parts. physics = mean of the misfit on reconstructions and on
-    `physics_samples` draws per y through the generation path (the reconstruction misfit alone when
-    w_y = 0 or physics_samples = 0)."""
+    """The training objective and its parts: beta*KL + w_x*recon + w_y*physics.
+
+    Gaussian latent: physics = mean of the misfit on reconstructions and on `physics_samples` draws per
+    y through the generation path (the reconstruction misfit alone when w_y = 0 or physics_samples = 0).
+    Component latents: the ELBO is marginalised exactly over the K components (recon = sum_c q(c|x,y)
+    * recon_c, KL = KL(q(c|x,y) || r(c|y)) plus the Gaussian KL of a mixed latent), and physics is the
+    misfit of every hypothesis the sampler can pick, weighted by r(c|y)^T renormalised (T =
+    physics_temperature; the weights are not trained by it), so each hypothesis is pulled onto the
+    solution nearest to it instead of onto a hedge."""
     out = model(x, y)
-    kl_dims = kl_gaussians(out["mu_q"], out["logvar_q"], out["mu_p"], out["logvar_p"])
-    kl = kl_dims.sum(1).mean()
-    kl_opt = torch.clamp(kl_dims.mean(0), min=tc.free_bits).sum() if tc.free_bits > 0 else kl
-    recon = F.mse_loss(out["x_hat"], x)
-    physics = F.mse_loss(problem(out["x_hat"]), y)
-    parts = {"kl": kl, "recon": recon, "physics_rec": physics}
-    if tc.w_y > 0 and tc.physics_samples > 0:
-        y_gen = problem(model.draw(y, tc.physics_samples))
-        per_sample = ((y_gen - y.unsqueeze(1)) ** 2).mean(dim=(-1, -2))  # (B, physics_samples)
-        if tc.physics_reduce == "min":  # winner takes all: the other samples are free to cover other modes
-            parts["physics_gen"] = per_sample.min(dim=1).values.mean()
-        elif tc.physics_reduce == "mean":
-            parts["physics_gen"] = per_sample.mean()
-        else:
-            raise UserError(f"train.physics_reduce: unknown {tc.physics_reduce!r}; use mean or min")
-        physics = 0.5 * (physics + parts["physics_gen"])
+    cfg = model.cfg
+    parts: dict[str, torch.Tensor] = {}
+    kl = kl_opt = x.new_zeros(())
+    if cfg.has_gaussian:
+        kl_dims = kl_gaussians(out["mu_q"], out["logvar_q"], out["mu_p"], out["logvar_p"])
+        kl = kl_dims.sum(1).mean()
+        kl_opt = torch.clamp(kl_dims.mean(0), min=tc.free_bits).sum() if tc.free_bits > 0 else kl
+    if not cfg.has_components:
+        recon = F.mse_loss(out["x_hat"], x)
+        physics = F.mse_loss(problem(out["x_hat"]), y)
+        parts.update(kl=kl, recon=recon, physics_rec=physics)
+        if tc.w_y > 0 and tc.physics_samples > 0:
+            y_gen = problem(model.draw(y, tc.physics_samples))
+            per_sample = ((y_gen - y.unsqueeze(1)) ** 2).mean(dim=(-1, -2))  # (B, physics_samples)
+            if tc.physics_reduce == "min":  # winner takes all: the other samples are free to cover other modes
+                parts["physics_gen"] = per_sample.min(dim=1).values.mean()
+            elif tc.physics_reduce == "mean":
+                parts["physics_gen"] = per_sample.mean()
+            else:
+                raise UserError(f"train.physics_reduce: unknown {tc.physics_reduce!r}; use mean or min")
+            physics = 0.5 * (physics + parts["physics_gen"])
+    else:
+        recon_c = ((out["x_all"] - x.unsqueeze(1)) ** 2).mean(dim=(-1, -2))  # (B, K)
+        if cfg.recognition == "exact":  # the optimal q of this bound: the model's posterior over its hypotheses
+            out["logits_q"] = torch.log_softmax(out["logits_p"], dim=-1) - tc.w_x * recon_c / max(beta, 1e-8)
+        q = torch.softmax(out["logits_q"], dim=-1)  # (B, K)
+        kl_c = kl_categorical(out["logits_q"], out["logits_p"]).mean()
+        recon = (q * recon_c).sum(1).mean()
+        parts.update(kl=kl + kl_c, kl_components=kl_c, recon=recon)
+        if cfg.has_gaussian:
+            parts["kl_gaussian"] = kl
+        kl_opt = kl_opt + kl_c
+        with torch.set_grad_enabled(torch.is_grad_enabled() and tc.w_y > 0):
+            if cfg.latent_type == "mixed":
+                x_gen, log_w = model.draw_all(y)
+            else:
+                x_gen, log_w = out["x_all"], torch.log_softmax(out["logits_p"], dim=-1)
+            misfit_c = ((problem(x_gen) - y.unsqueeze(1)) ** 2).mean(dim=(-1, -2))  # (B, K)
+            w = torch.softmax(log_w.detach() * tc.physics_temperature, dim=-1)
+            physics = (w * misfit_c).sum(1).mean()
+        parts["physics_gen"] = physics
     parts["physics"] = physics
     total = beta * kl_opt + tc.w_x * recon + tc.w_y * physics
     parts["loss"] = total
@@ -112,8 +147,12 @@ class Evaluator:
     """Generation metrics on a fixed set of validation conditions, with the same latent draws every
     epoch so the curve reflects the model, not the noise. Exact solutions are enumerated once."""
 
-    def __init__(self, problem: Problem, val: Pairs, n_conditions: int, n_samples: int, seed: int):
+    def __init__(
+        self, problem: Problem, val: Pairs, n_conditions: int, n_samples: int, seed: int,
+        draw: str = "posterior", temperature: float = 1.0,
+    ):
         n = min(n_conditions, len(val))
+        self.draw, self.temperature = draw, temperature
         self.problem = problem
         self.y = val.y[:n]
         self.truth = val.x[:n]
@@ -125,7 +164,7 @@ class Evaluator:
         if len(self.y) == 0 or self.n_samples < 1:
             return {}
         gen = torch.Generator().manual_seed(self.seed)
-        samples = model.generate(self.y, self.n_samples, generator=gen)
+        samples = model.generate(self.y, self.n_samples, generator=gen, **self._draw_options(model))
         return evaluate_samples(self.problem, samples, self.y, self.solutions, self.truth)
 
     def refined(self, model: CVAE, steps: int, oversample: int) -> dict[str, float]:
@@ -134,9 +173,16 @@ class Evaluator:
         if len(self.y) == 0 or self.n_samples < 1 or steps < 1:
             return {}
         x = generate_samples(model, self.y, self.n_samples, seed=self.seed, refine_steps=steps, oversample=oversample,
-                             problem=self.problem)
+                             problem=self.problem, **self._draw_options(model))
         m = evaluate_samples(self.problem, x, self.y, self.solutions, self.truth)
         return {f"refined_{k}": v for k, v in m.items() if k not in ("n_conditions", "samples_per_condition")}
+
+
+    def _draw_options(self, model: CVAE) -> dict:
+        """Gaussian latents have only their posterior: the study's draw option applies to component latents."""
+        if not model.cfg.has_components:
+            return {}
+        return {"draw": self.draw, "temperature": self.temperature}
 
 
 @torch.no_grad()
@@ -192,13 +238,19 @@ def train(
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
     elif tc.lr_schedule != "constant":
         raise UserError(f"train.lr_schedule: unknown {tc.lr_schedule!r}; use constant or cosine")
-    evaluator = Evaluator(problem, val_pairs, tc.eval_conditions, tc.eval_samples, tc.seed + 7)
+    if tc.eval_draw not in DRAWS:
+        raise UserError(f"train.eval_draw: unknown {tc.eval_draw!r}; use one of {', '.join(DRAWS)}")
+    evaluator = Evaluator(problem, val_pairs, tc.eval_conditions, tc.eval_samples, tc.seed + 7,
+                          tc.eval_draw, tc.eval_temperature)
+    fresh = torch.Generator(device=device).manual_seed(cfg.data.seed + 1) if cfg.data.fresh else None
     gen = torch.Generator().manual_seed(tc.seed)
     result = TrainResult(model, problem)
     t_start = time.perf_counter()
     for epoch in range(tc.epochs):
         t0 = time.perf_counter()
         model.train()
+        if fresh is not None:  # new pairs from the prior every epoch, drawn on the training device
+            train_pairs = draw_pairs(problem, n, fresh, cfg.data.noise)
         perm = torch.randperm(n, generator=gen).to(device)
         sums: dict[str, torch.Tensor] = {}
         for step in range(steps_per_epoch):
