@@ -1,10 +1,20 @@
-"""Quality of trained generators on the 50 scoring conditions x 30 samples, raw and refined.
+"""Quality of trained generators on the 50 scoring conditions x 30 samples: raw and refined, and what
+the model contributes to the refined pipeline.
 
-Retrains each config with several seeds (the same `train` a trial and `retrain` run), generates for
-`scoring_dataset.pt`, evaluates the raw generator (one decoder pass per sample) and the refined
-pipeline (`generate --refine STEPS --oversample K`) side by side, and prints mean ± std over seeds.
+Retrains each config with several seeds (the same `train` a trial and `retrain` run) and measures, on
+`scoring_dataset.pt`:
 
-    python benchmarks/quality.py                              # seed recipe and both best configs, 3 seeds
+- raw posterior draws (one decoder pass per sample; `generate` by default);
+- raw coverage draws (`generate --draw coverage`: every distinct hypothesis first; component latents);
+- the refined pipeline at each `--oversample` K (`generate --refine STEPS --oversample K`), from model
+  draws (coverage draws for component latents, posterior for Gaussian ones) and, at the same LM
+  budget and K, from random prior lines: the difference is what the model contributes;
+- next to them, the limits of the exact posterior: the expected mode recall of S independent draws
+  (`metrics.expected_recall`, T = 1) and of distinct draws (every mode of a y with at most S modes).
+
+Prints mean ± std over seeds, one row per source and draw, and writes per-seed figures as JSON.
+
+    python benchmarks/quality.py --configs studies/best/cvae_re.yaml studies/best/cvae.yaml
     python benchmarks/quality.py --configs studies/best/cvae_re.yaml --seeds 0 --epochs 2   # quick look
 """
 
@@ -13,10 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -24,18 +32,29 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import machine_line  # noqa: E402
+from cvae_opt.checkpoints import save_checkpoint  # noqa: E402
 from cvae_opt.config import Config  # noqa: E402
-from cvae_opt.data import load_pairs  # noqa: E402
-from cvae_opt.generate import generate_samples  # noqa: E402
-from cvae_opt.metrics import enumerate_solutions, evaluate_samples  # noqa: E402
-from cvae_opt.problems import resolve_problem  # noqa: E402
+from cvae_opt.data import load_pairs, sample_lines  # noqa: E402
+from cvae_opt.metrics import enumerate_solutions, evaluate_samples, expected_recall, mode_weights  # noqa: E402
+from cvae_opt.problems import Problem, resolve_problem  # noqa: E402
+from cvae_opt.refine import generate_samples, refine, select_diverse  # noqa: E402
 from cvae_opt.train import train  # noqa: E402
 
-DEFAULT_CONFIGS = ["studies/baselines/seed_recipe.yaml", "studies/best/cvae.yaml", "studies/best/cvae_re.yaml"]
+DEFAULT_CONFIGS = ["studies/best/cvae_re.yaml", "studies/best/cvae.yaml"]
 SCORING = os.environ.get("CVAE_OPT_CHALLENGE_DATA", str(ROOT.parent / "shared" / "challenge-data")) + "/scoring_dataset.pt"
-ROWS = [("misfit_rmse", "misfit RMSE"), ("r2", "straightness R²"), ("slope_signs", "slope signs right"),
-        ("mode_precision", "mode precision"), ("mode_recall", "mode recall"), ("seconds", "generate 50 x 30 (s)")]
+COLUMNS = [("mode_precision", "precision"), ("mode_recall", "recall"), ("valid_fraction", "valid"),
+           ("misfit_rmse", "misfit RMSE"), ("r2", "R²"), ("slope_signs", "slopes"), ("seconds", "seconds")]
+
+
+def random_lines_refined(problem: Problem, y: torch.Tensor, n: int, oversample: int, steps: int, seed: int) -> torch.Tensor:
+    """The refined pipeline from random prior lines instead of model draws: same LM budget, same selection."""
+    m = y.shape[0]
+    x = sample_lines(problem, m * n * oversample, torch.Generator().manual_seed(10_000 + seed))
+    x = refine(problem, x.view(m, n * oversample, *x.shape[1:]), y, steps)
+    return select_diverse(problem, x, y, n) if oversample > 1 else x
 
 
 def main() -> int:
@@ -44,60 +63,92 @@ def main() -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, help="override every config's epochs (quick looks only)")
     ap.add_argument("--samples", type=int, default=30)
-    ap.add_argument("--refine", type=int, default=40)
-    ap.add_argument("--refine-method", default="lm")
-    ap.add_argument("--oversample", type=int, default=30)
+    ap.add_argument("--refine", type=int, default=40, help="LM iterations of the refined pipeline")
+    ap.add_argument("--oversample", nargs="+", type=int, default=[1, 2, 3, 30])
     ap.add_argument("--scoring", default=SCORING)
     ap.add_argument("--out", default="reports/quality.json")
+    ap.add_argument("--checkpoints", help="folder to save each trained model in (NAME-seedS.pt), for plots")
     args = ap.parse_args()
-    results: dict[str, dict[str, list[dict]]] = {}
+    rows: dict[str, list[dict]] = {}
+
+    def add(name: str, m: dict) -> None:
+        rows.setdefault(name, []).append(m)
+
+    def measure(name: str, problem: Problem, y: torch.Tensor, sols: list, fn) -> dict:
+        t0 = time.perf_counter()
+        x = fn()
+        m = evaluate_samples(problem, x, y, sols)
+        m["seconds"] = time.perf_counter() - t0
+        add(name, m)
+        return m
+
+    limits: dict[str, float] = {}
     for path in args.configs:
         if not Path(path).is_file():
             print(f"skipping {path}: no such file", flush=True)
             continue
         base = Config.from_yaml_file(path)
         problem = resolve_problem(base.data.problem)
-        scoring = load_pairs(args.scoring, problem)
-        sols = enumerate_solutions(problem, scoring.y)
+        y = load_pairs(args.scoring, problem).y
+        sols = enumerate_solutions(problem, y)
+        w = mode_weights(problem, sols)
+        limits = {
+            f"exact posterior, {args.samples} independent draws (expected recall)": expected_recall(w, args.samples),
+            f"exact posterior at T = 0.5, {args.samples} draws": expected_recall(w, args.samples, 0.5),
+            f"distinct modes, {args.samples} per y (coverage limit)":
+                sum(min(len(s), args.samples) for s in sols) / sum(len(s) for s in sols),
+        }
         name = Path(path).stem
-        results[name] = {"raw": [], "refined": []}
         for seed in args.seeds:
             cfg = Config.from_dict(base.to_dict())
             cfg.train.seed = seed
             if args.epochs:
                 cfg.train.epochs = args.epochs
             t0 = time.perf_counter()
-            res = train(cfg)
+            model = train(cfg).model
             train_s = time.perf_counter() - t0
-            for mode, opts in (("raw", {}), ("refined", {"refine_steps": args.refine, "refine_method": args.refine_method,
-                                                   "oversample": args.oversample, "problem": problem})):
-                t0 = time.perf_counter()
-                x = generate_samples(res.model, scoring.y, args.samples, seed=seed, **opts)
-                gen_s = time.perf_counter() - t0
-                m = evaluate_samples(problem, x, scoring.y, sols)
-                m.update(seconds=gen_s, train_seconds=train_s)
-                results[name][mode].append(m)
-            print(f"{name} seed {seed}: trained {train_s:.0f}s; raw misfit {results[name]['raw'][-1]['misfit_rmse']:.3f} "
-                  f"recall {results[name]['raw'][-1]['mode_recall']:.3f}; refined misfit "
-                  f"{results[name]['refined'][-1]['misfit_rmse']:.3f} recall {results[name]['refined'][-1]['mode_recall']:.3f}",
-                  flush=True)
+            if args.checkpoints:
+                save_checkpoint(Path(args.checkpoints) / f"{Path(path).stem}-seed{seed}.pt", model, cfg)
+            comp = model.cfg.has_components
+            raw = measure(f"{name} raw, posterior", problem, y, sols,
+                          lambda: generate_samples(model, y, args.samples, seed=seed))
+            raw["train_seconds"] = train_s
+            line = f"{name} seed {seed}: trained {train_s:.0f}s; raw posterior precision {raw['mode_precision']:.3f} " \
+                   f"recall {raw['mode_recall']:.3f} misfit {raw['misfit_rmse']:.3f}"
+            draw = "coverage" if comp else "posterior"
+            if comp:
+                cov = measure(f"{name} raw, coverage", problem, y, sols,
+                              lambda: generate_samples(model, y, args.samples, seed=seed, draw="coverage"))
+                line += f"; coverage precision {cov['mode_precision']:.3f} recall {cov['mode_recall']:.3f}"
+            for k in args.oversample:
+                r = measure(f"{name} refined, {draw} draws, oversample {k}", problem, y, sols,
+                            lambda: generate_samples(model, y, args.samples, seed=seed, refine_steps=args.refine,
+                                                     oversample=k, problem=problem, draw=draw))
+                line += f"; refined x{k} recall {r['mode_recall']:.3f}"
+            print(line, flush=True)
+        for seed in args.seeds if path == args.configs[0] else []:
+            for k in args.oversample:
+                measure(f"random prior lines refined, oversample {k}", problem, y, sols,
+                        lambda: random_lines_refined(problem, y, args.samples, k, args.refine, seed))
+
     print()
-    print(f"Quality on {Path(args.scoring).name}: {args.samples} samples per y, tolerance 0.02, mean ± std over seeds "
-          f"{args.seeds}; refined = --refine {args.refine} --refine-method {args.refine_method} "
-          f"--oversample {args.oversample}. "
-          f"{date.today()}, {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}.")
-    header = "| metric | " + " | ".join(f"{n} raw | {n} refined" for n in results) + " |"
-    print(header)
-    print("|" + " --- |" * (1 + 2 * len(results)))
-    for key, label in ROWS:
+    print(machine_line(f"Quality on {Path(args.scoring).name}, {args.samples} samples per y, tolerance 0.02, "
+                       f"mean ± std over seeds {args.seeds}, refined = LM {args.refine} iterations"))
+    print("| source and draw | " + " | ".join(label for _, label in COLUMNS) + " |")
+    print("|" + " --- |" * (1 + len(COLUMNS)))
+    for name, ms in rows.items():
         cells = []
-        for n in results:
-            for mode in ("raw", "refined"):
-                v = np.array([m[key] for m in results[n][mode]])
-                cells.append(f"{v.mean():.3f} ± {v.std():.3f}")
-        print(f"| {label} | " + " | ".join(cells) + " |")
+        for key, _ in COLUMNS:
+            v = np.array([m[key] for m in ms])
+            cells.append(f"{v.mean():.3f} ± {v.std():.3f}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    for label, v in limits.items():
+        print(f"| {label} | | {v:.3f} | | | | | |")
+    train_s = {n: [m["train_seconds"] for m in ms] for n, ms in rows.items() if "train_seconds" in ms[0]}
+    for n, v in train_s.items():
+        print(f"training seconds, {n.removesuffix(' raw, posterior')}: {np.mean(v):.0f} ± {np.std(v):.0f}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
+    Path(args.out).write_text(json.dumps({"rows": rows, "limits": limits}, indent=2))
     print(f"\nper-seed figures: {args.out}")
     return 0
 

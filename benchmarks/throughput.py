@@ -3,7 +3,9 @@
 For each model: the epoch time of `cvae_opt.train` (its training loop, validation excluded) against an
 in-memory floor: the same model, loss and optimizer stepping over batches sliced beforehand, nothing
 else. Runs alternate (ours then floor, floor then ours, ...) and the medians are compared. Then the time to
-draw 50 x 30 samples.
+draw 50 x 30 samples. Last, the cost of `data.fresh` (new pairs from the prior every epoch, drawn on the
+training device) against a fixed training set, for the best cvae_re config: epoch times side by side,
+and the time to draw one epoch's pairs alone.
 
     python benchmarks/throughput.py                       # 20,000 pairs, CPU or the GPU if present
     python benchmarks/throughput.py --pairs 100000 --device cuda
@@ -26,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cvae_opt.config import Config  # noqa: E402
-from cvae_opt.data import make_pairs  # noqa: E402
+from cvae_opt.data import draw_pairs, make_pairs  # noqa: E402
 from cvae_opt.models import build_model  # noqa: E402
 from cvae_opt.problems import resolve_problem  # noqa: E402
 from cvae_opt.train import loss_terms, resolve_device, train  # noqa: E402
@@ -105,7 +107,37 @@ def main() -> int:
             gens.append(time.perf_counter() - t0)
         o, f, g = statistics.median(ours), statistics.median(floor), statistics.median(gens)
         print(f"| {label} | {o:.2f} | {f:.2f} | {o / f:.3f} | {g:.4f} | {1500 / g:,.0f} |", flush=True)
+    fresh_table(args, device)
     return 0
+
+
+def fresh_table(args: argparse.Namespace, device: torch.device) -> None:
+    """Epoch time with fresh pairs every epoch vs a fixed set, same model, alternating which runs first."""
+    cfg = Config.from_yaml_file(ROOT / "studies/best/cvae_re.yaml")
+    cfg.data.train_size, cfg.data.val_size = args.pairs, 500
+    cfg.train.epochs, cfg.train.device, cfg.train.eval_conditions = 1, str(device), 0
+    problem = resolve_problem(cfg.data.problem)
+    data = (make_pairs(problem, args.pairs, 0, cache_dir=None), make_pairs(problem, 500, 1, cache_dir=None))
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for i in range(args.repeats):
+        for fresh in ((True, False) if i % 2 else (False, True)):
+            cfg.data.fresh = fresh
+            times[fresh].append(train(cfg, data=data).history[0]["epoch_seconds"])
+    gen = torch.Generator(device=device).manual_seed(0)
+    draws = []
+    for _ in range(5):
+        sync(device)
+        t0 = time.perf_counter()
+        draw_pairs(problem, args.pairs, gen)
+        sync(device)
+        draws.append(time.perf_counter() - t0)
+    fr, fx = statistics.median(times[True]), statistics.median(times[False])
+    print()
+    print(f"| data (studies/best/cvae_re.yaml, {args.pairs} pairs per epoch) | epoch (s) | ratio |")
+    print("| --- | --- | --- |")
+    print(f"| fixed set | {fx:.2f} | 1.000 |")
+    print(f"| fresh pairs every epoch | {fr:.2f} | {fr / fx:.3f} |")
+    print(f"| drawing one epoch's pairs alone | {statistics.median(draws):.3f} | |", flush=True)
 
 
 if __name__ == "__main__":

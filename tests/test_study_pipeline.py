@@ -46,7 +46,11 @@ def test_trials_are_recorded_with_attrs_and_artifacts(smoke):
             assert key in t.user_attrs, key
         cfg = t.user_attrs["config"]
         assert cfg["model"]["arch"] == "cvae_re" and cfg["train"]["epochs"] == 1 and cfg["data"]["train_size"] == 2000
-        assert cfg["train"]["lr"] == t.params["lr"] and cfg["model"]["latent"] == t.params["latent"]
+        assert cfg["train"]["lr"] == t.params["lr"] and cfg["model"]["latent_type"] == t.params["latent_type"]
+        if t.params["latent_type"] != "categorical":  # Gaussian dimensions are searched where there are any
+            assert cfg["model"]["latent"] == t.params["latent"]
+        else:
+            assert "latent" not in t.params and cfg["model"]["components"] == t.params["components"]
         assert len(cfg["model"]["channels"]) == t.params["conv_depth"]
         assert t.intermediate_values and 1 in t.intermediate_values
         metas = optuna.artifacts.get_all_artifact_meta(t, storage=study._storage)
