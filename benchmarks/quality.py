@@ -65,7 +65,8 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=30)
     ap.add_argument("--refine", type=int, default=40, help="LM iterations of the refined pipeline")
     ap.add_argument("--oversample", nargs="+", type=int, default=[1, 2, 3, 30])
-    ap.add_argument("--scoring", default=SCORING)
+    ap.add_argument("--scoring", default=SCORING, help="conditions file (validation_dataset.pt to choose configs)")
+    ap.add_argument("--first", type=int, help="only the first N conditions of that file")
     ap.add_argument("--out", default="reports/quality.json")
     ap.add_argument("--checkpoints", help="folder to save each trained model in (NAME-seedS.pt), for plots")
     args = ap.parse_args()
@@ -89,7 +90,7 @@ def main() -> int:
             continue
         base = Config.from_yaml_file(path)
         problem = resolve_problem(base.data.problem)
-        y = load_pairs(args.scoring, problem).y
+        y = load_pairs(args.scoring, problem).y[: args.first]
         sols = enumerate_solutions(problem, y)
         w = mode_weights(problem, sols)
         limits = {

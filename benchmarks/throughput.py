@@ -73,8 +73,12 @@ def main() -> int:
     ap.add_argument("--pairs", type=int, default=20000)
     ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--fresh-only", action="store_true", help="only the fresh-pairs table")
     args = ap.parse_args()
     device = resolve_device(args.device)
+    if args.fresh_only:
+        fresh_table(args, device)
+        return 0
     print(f"throughput, {date.today()}, {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, "
           f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
           f"{args.pairs} pairs, median of {args.repeats}")

@@ -38,6 +38,7 @@ ARCHS = ("cvae", "cvae_re")
 HEADS = ("signal", "line")
 LATENT_TYPES = ("gaussian", "categorical", "mixed")
 RECOGNITIONS = ("encoder", "exact")
+DECODER_SCALES = ("fixed", "learnt")
 COMPONENT_PRIORS = ("uniform", "learnt")
 DRAWS = ("posterior", "coverage")
 ACTIVATIONS = {
@@ -71,6 +72,10 @@ class ModelConfig:
     # (the model's own posterior over its K hypotheses, r(c|y) exp(-w_x recon_c / beta) renormalised,
     # which makes the bound tight; a mixed latent keeps the encoder for its Gaussian part)
     recognition: str = "encoder"
+    # the reconstruction's noise scale: `fixed` (the loss is a plain mean squared error) or `learnt` (one
+    # learnt sigma: the loss is the Gaussian negative log-likelihood 0.5 * (mse / sigma^2 + log sigma^2),
+    # so the assignment of x to hypotheses starts soft and sharpens as the fit improves)
+    decoder_scale: str = "fixed"
 
     @property
     def has_components(self) -> bool:
@@ -103,6 +108,8 @@ class ModelConfig:
             )
         if self.recognition not in RECOGNITIONS:
             raise UserError(f"model.recognition: unknown {self.recognition!r}; use one of {list(RECOGNITIONS)}")
+        if self.decoder_scale not in DECODER_SCALES:
+            raise UserError(f"model.decoder_scale: unknown {self.decoder_scale!r}; use one of {list(DECODER_SCALES)}")
         if self.decoder_depth < 1:
             raise UserError(f"model.decoder_depth: {self.decoder_depth}; use 1 or more hidden layers")
         if conv_length(n_points, self.kernels) < 1:
@@ -287,6 +294,8 @@ class CVAE(nn.Module):
             self.component_logits = nn.Parameter(torch.zeros(cfg.components))
         else:
             self.register_parameter("component_logits", None)
+        # log sigma^2 of the reconstruction (decoder_scale: learnt)
+        self.log_scale = nn.Parameter(torch.zeros(())) if cfg.decoder_scale == "learnt" else None
 
     def prior_params(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """The generation path's latent parameters for each y: mu/logvar (Gaussian part, N(0, I) for

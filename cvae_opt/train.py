@@ -78,8 +78,15 @@ def loss_terms(
         kl_dims = kl_gaussians(out["mu_q"], out["logvar_q"], out["mu_p"], out["logvar_p"])
         kl = kl_dims.sum(1).mean()
         kl_opt = torch.clamp(kl_dims.mean(0), min=tc.free_bits).sum() if tc.free_bits > 0 else kl
+    def nll(mse: torch.Tensor) -> torch.Tensor:  # the reconstruction term, with a learnt noise scale if any
+        if model.log_scale is None:
+            return mse
+        return 0.5 * (mse * torch.exp(-model.log_scale) + model.log_scale)
+
+    if model.log_scale is not None:
+        parts["decoder_sigma"] = torch.exp(0.5 * model.log_scale.detach())
     if not cfg.has_components:
-        recon = F.mse_loss(out["x_hat"], x)
+        recon = nll(F.mse_loss(out["x_hat"], x))
         physics = F.mse_loss(problem(out["x_hat"]), y)
         parts.update(kl=kl, recon=recon, physics_rec=physics)
         if tc.w_y > 0 and tc.physics_samples > 0:
@@ -93,7 +100,7 @@ def loss_terms(
                 raise UserError(f"train.physics_reduce: unknown {tc.physics_reduce!r}; use mean or min")
             physics = 0.5 * (physics + parts["physics_gen"])
     else:
-        recon_c = ((out["x_all"] - x.unsqueeze(1)) ** 2).mean(dim=(-1, -2))  # (B, K)
+        recon_c = nll(((out["x_all"] - x.unsqueeze(1)) ** 2).mean(dim=(-1, -2)))  # (B, K)
         if cfg.recognition == "exact":  # the optimal q of this bound: the model's posterior over its hypotheses
             out["logits_q"] = torch.log_softmax(out["logits_p"], dim=-1) - tc.w_x * recon_c / max(beta, 1e-8)
         q = torch.softmax(out["logits_q"], dim=-1)  # (B, K)

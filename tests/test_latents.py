@@ -253,3 +253,26 @@ def test_generate_draw_modes_recorded(tmp_path, challenge, py):
              "--out", tmp_path / "g.pt", cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Gaussian latent" in r.stderr
     assert not (tmp_path / "g.pt").exists()
+
+
+def test_learnt_decoder_scale_is_the_gaussian_likelihood(batch):
+    x, y = batch
+    cfg = cfg_for("cvae_re", "categorical", "exact", w_y=0.0, beta=0.01)
+    cfg.model.decoder_scale = "learnt"
+    model = build_model(cfg.model, TWO_BIRDS)
+    with torch.no_grad():
+        model.log_scale.fill_(-3.0)
+    loss, parts = loss_terms(model, TWO_BIRDS, x, y, cfg.train, beta=0.01)
+    out = model(x, y)
+    mse_c = ((out["x_all"] - x.unsqueeze(1)) ** 2).mean(dim=(-1, -2))
+    nll_c = 0.5 * (mse_c / np.exp(-3.0) - 3.0)
+    marginal = (-0.01 * torch.logsumexp(torch.log_softmax(out["logits_p"], -1) - nll_c / 0.01, dim=1)).mean()
+    assert torch.allclose(loss, marginal, rtol=1e-5) and float(parts["decoder_sigma"]) == pytest.approx(np.exp(-1.5))
+    loss.backward()
+    assert model.log_scale.grad is not None and float(model.log_scale.grad) != 0.0
+    # the Gaussian latent takes the same option
+    g = cfg_for("cvae_re", "gaussian")
+    g.model.decoder_scale = "learnt"
+    gm = build_model(g.model, TWO_BIRDS)
+    l2, p2 = loss_terms(gm, TWO_BIRDS, x, y, g.train, beta=0.01)
+    assert torch.isfinite(l2) and "decoder_sigma" in p2
