@@ -157,6 +157,14 @@ class LatentHead(nn.Module):
         self.gauss = GaussianHead(width, cfg.latent) if cfg.has_gaussian else None
         self.logits = nn.Linear(width, cfg.components) if cfg.has_components else None
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
+        # checkpoints written before latent types existed hold the Gaussian head as `mu`/`logvar` directly
+        for part in ("mu", "logvar"):
+            for suffix in ("weight", "bias"):
+                if f"{prefix}{part}.{suffix}" in state_dict:
+                    state_dict[f"{prefix}gauss.{part}.{suffix}"] = state_dict.pop(f"{prefix}{part}.{suffix}")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         if self.gauss is not None:

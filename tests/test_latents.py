@@ -276,3 +276,18 @@ def test_learnt_decoder_scale_is_the_gaussian_likelihood(batch):
     gm = build_model(g.model, TWO_BIRDS)
     l2, p2 = loss_terms(gm, TWO_BIRDS, x, y, g.train, beta=0.01)
     assert torch.isfinite(l2) and "decoder_sigma" in p2
+
+
+def test_checkpoints_from_before_latent_types_still_load(tmp_path, batch):
+    """Gaussian checkpoints written before this change named the latent head's layers mu/logvar directly."""
+    cfg = cfg_for("cvae_re", "gaussian")
+    model = build_model(cfg.model, TWO_BIRDS)
+    old = {k.replace("head.gauss.", "head."): v for k, v in model.state_dict().items()}
+    assert "encoder.head.mu.weight" in old and "prior.head.logvar.bias" in old
+    torch.save({"format": "cvae-opt-checkpoint/1", "config": cfg.to_dict(), "state_dict": old, "metrics": {}},
+               tmp_path / "old.pt")
+    from cvae_opt.checkpoints import load_checkpoint
+    loaded, _, _ = load_checkpoint(tmp_path / "old.pt")
+    _, y = batch
+    g = lambda: torch.Generator().manual_seed(2)  # noqa: E731
+    assert torch.equal(loaded.generate(y[:3], 4, generator=g()), model.generate(y[:3], 4, generator=g()))
