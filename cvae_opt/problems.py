@@ -47,8 +47,15 @@ def cosine_problem(
     coef = torch.tensor([[p for p, _, _ in terms], [q for _, q, _ in terms]], dtype=torch.float64)
     phase = torch.tensor([phi for _, _, phi in terms], dtype=torch.float64)
 
+    on_device: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+
     def forward(x: torch.Tensor) -> torch.Tensor:
-        return torch.cos(x @ coef.to(x) + phase.to(x))
+        # coefficients copied once per device and dtype, not on every call (a blocking copy on a GPU)
+        key = (x.device, x.dtype)
+        if key not in on_device:
+            on_device[key] = (coef.to(x), phase.to(x))
+        c, ph = on_device[key]
+        return torch.cos(x @ c + ph)
 
     return Problem(name, forward, len(terms), n_points, box, slopes, terms)
 

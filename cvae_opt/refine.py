@@ -174,7 +174,7 @@ def select_diverse(
     keep = torch.empty(m, n, dtype=torch.long)
     for g in range(m):
         chosen: list[int] = []
-        dist = torch.full((s,), float("inf"), dtype=torch.float64)
+        dist = torch.full((s,), float("inf"), dtype=torch.float64, device=x.device)  # beside tier/flat (GPU)
         lower = -1.0
         for bound in (converged_misfit, valid_misfit):
             tier = torch.nonzero((misfit[g] <= bound) & (misfit[g] > lower)).flatten()

@@ -87,7 +87,8 @@ def loss_terms(
         parts["decoder_sigma"] = torch.exp(0.5 * model.log_scale.detach())
     if not cfg.has_components:
         recon = nll(F.mse_loss(out["x_hat"], x))
-        physics = F.mse_loss(problem(out["x_hat"]), y)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and tc.w_y > 0):  # recorded only when w_y is 0
+            physics = F.mse_loss(problem(out["x_hat"]), y)
         parts.update(kl=kl, recon=recon, physics_rec=physics)
         if tc.w_y > 0 and tc.physics_samples > 0:
             y_gen = problem(model.draw(y, tc.physics_samples))
