@@ -61,7 +61,9 @@ def test_four_workers_share_one_sqlite_file(tmp_path):
 
 
 def test_a_killed_worker_loses_nothing_and_its_trial_is_retried(tmp_path):
-    f = tiny_study(tmp_path / "tiny.yaml", epochs=100, train_size=500)
+    # trials long enough (300 tiny epochs) that the poll below, which competes with 4 writing workers for
+    # the SQLite file, catches one mid-way; at 100 epochs it missed them in about one run of five
+    f = tiny_study(tmp_path / "tiny.yaml", epochs=300, train_size=500)
     proc = subprocess.Popen([sys.executable, "-m", "cvae_opt.run", "--study", str(f), "--trials", "8", "--jobs", "4",
                              "--heartbeat", "1"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     victim = None
