@@ -33,10 +33,13 @@ class Pairs:
         return Pairs(self.x.to(device), self.y.to(device))
 
 
-def sample_lines(problem: Problem, n: int, generator: torch.Generator) -> torch.Tensor:
+def sample_lines(
+    problem: Problem, n: int, generator: torch.Generator, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
     """x drawn as the challenge draws it: for a descending channel the end ~ U(box), the start ~
-    U(end, top); for an ascending one the start ~ U(box), the end ~ U(start, top)."""
-    u = torch.rand(n, 4, generator=generator, dtype=torch.float64)
+    U(end, top); for an ascending one the start ~ U(box), the end ~ U(start, top). Drawn in `dtype`
+    on the generator's device, returned as float32."""
+    u = torch.rand(n, 4, generator=generator, dtype=dtype, device=generator.device)
     ends = ends_from_unit(u, problem.box, problem.slopes)
     return line_points(ends, problem.n_points).float()
 
@@ -45,8 +48,7 @@ def draw_pairs(problem: Problem, n: int, generator: torch.Generator, noise: floa
     """n fresh pairs from the prior, drawn on the generator's device (no cache, no copy): what
     `data.fresh` trains on, a new set every epoch."""
     dev = generator.device
-    u = torch.rand(n, 4, generator=generator, device=dev)
-    x = line_points(ends_from_unit(u, problem.box, problem.slopes), problem.n_points)
+    x = sample_lines(problem, n, generator, dtype=torch.float32)
     with torch.no_grad():
         y = problem(x)
     if noise > 0:

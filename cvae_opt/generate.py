@@ -48,19 +48,23 @@ def add_refine_args(ap: argparse.ArgumentParser) -> None:
                     "alike (categorical and mixed latents)")
 
 
-def refine_options(args: argparse.Namespace, model: CVAE | None = None) -> dict:
+def refine_options(args: argparse.Namespace) -> dict:
     """Checked keyword arguments of `generate_samples` from the options of `add_refine_args`."""
     if args.refine < 0 or args.oversample < 1:
         raise UserError("--refine must be >= 0 and --oversample >= 1")
     if args.temperature < 0:
         raise UserError(f"--temperature must be >= 0, got {args.temperature}")
-    if model is not None and not model.cfg.has_components and (args.draw != "posterior" or args.temperature != 1.0):
-        raise UserError(
-            f"--draw {args.draw} --temperature {args.temperature:g}: this model has a Gaussian latent, which has "
-            "only its posterior; coverage draws and temperatures need model.latent_type categorical or mixed"
-        )
     return {"refine_steps": args.refine, "refine_method": args.refine_method, "refine_lr": args.refine_lr,
             "oversample": args.oversample, "draw": args.draw, "temperature": args.temperature}
+
+
+def check_draw(model: CVAE, options: dict) -> None:
+    """A Gaussian latent has only its posterior: coverage draws and temperatures are one clear error."""
+    if not model.cfg.has_components and (options["draw"] != "posterior" or options["temperature"] != 1.0):
+        raise UserError(
+            f"--draw {options['draw']} --temperature {options['temperature']:g}: this model has a Gaussian latent, "
+            "which has only its posterior; coverage draws and temperatures need model.latent_type categorical or mixed"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.samples < 1:
         raise UserError(f"--samples must be a positive integer, got {args.samples}")
-    refine_options(args)  # bad values rejected before the checkpoint is read
+    options = refine_options(args)  # bad values rejected before the checkpoint is read
     model, cfg, _ = load_checkpoint(args.checkpoint, resolve_device(args.device))
-    options = refine_options(args, model)
+    check_draw(model, options)
     problem = resolve_problem(cfg.data.problem)
     cond = load_pairs(args.conditions, problem)
     t0 = time.perf_counter()

@@ -158,19 +158,24 @@ def _lines(e: np.ndarray, t: np.ndarray) -> np.ndarray:
     return np.stack([x0, x1], axis=-1)
 
 
+def _jacobian(e: np.ndarray, terms: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Phases u (N, P, k) of end points e (N, 4) and the Jacobian (N, P*k, 4) of cos(u) with respect to e."""
+    p, q = terms[:, 0], terms[:, 1]
+    w0 = np.stack([1 - t, t], axis=-1)  # d x(t) / d (start, end)
+    u = _lines(e, t) @ terms[:, :2].T + terms[:, 2]
+    s = -np.sin(u)
+    J = np.concatenate(
+        [(s * p)[..., None] * w0[None, :, None, :], (s * q)[..., None] * w0[None, :, None, :]], axis=-1
+    ).reshape(len(e), -1, 4)
+    return u, J
+
+
 def _gauss_newton(e: np.ndarray, y: np.ndarray, terms: np.ndarray, t: np.ndarray, iters: int = 6) -> np.ndarray:
     """Polish end points (N, 4) to least squares on all conditions (the arccos of values near +-1 is
     ill-conditioned, so the linear solve alone is off by up to ~1e-4)."""
-    p, q = terms[:, 0], terms[:, 1]
-    w0 = np.stack([1 - t, t], axis=-1)  # d x(t) / d (start, end)
     for _ in range(iters):
-        x = _lines(e, t)  # (N, P, 2)
-        u = x @ terms[:, :2].T + terms[:, 2]  # (N, P, k)
+        u, J = _jacobian(e, terms, t)
         r = (np.cos(u) - y).reshape(len(e), -1)
-        s = -np.sin(u)  # (N, P, k)
-        J = np.concatenate(
-            [(s * p)[..., None] * w0[None, :, None, :], (s * q)[..., None] * w0[None, :, None, :]], axis=-1
-        ).reshape(len(e), -1, 4)
         JtJ = J.transpose(0, 2, 1) @ J + 1e-9 * np.eye(4)
         step = np.linalg.solve(JtJ, (J.transpose(0, 2, 1) @ r[..., None]))[..., 0]
         e = e - step
@@ -189,21 +194,15 @@ def mode_weights(problem: Problem, solutions: list[np.ndarray]) -> list[np.ndarr
     if not can_enumerate(problem):
         raise ValueError(f"problem {problem.name!r}: mode weights need enumerable (cosine) conditions")
     terms = np.array(problem.cosines, dtype=np.float64)
-    p, q = terms[:, 0], terms[:, 1]
     lo, hi = problem.box
     t = np.linspace(0.0, 1.0, problem.n_points)
-    w0 = np.stack([1 - t, t], axis=-1)
     out = []
     for sols in solutions:
         if len(sols) == 0:
             out.append(np.zeros(0))
             continue
         e = np.stack([sols[:, 0, 0], sols[:, -1, 0], sols[:, 0, 1], sols[:, -1, 1]], axis=-1)  # (n, 4)
-        u = _lines(e, t) @ terms[:, :2].T + terms[:, 2]
-        sn = -np.sin(u)
-        J = np.concatenate(
-            [(sn * p)[..., None] * w0[None, :, None, :], (sn * q)[..., None] * w0[None, :, None, :]], axis=-1
-        ).reshape(len(e), -1, 4)
+        J = _jacobian(e, terms, t)[1]
         _, logdet = np.linalg.slogdet(J.transpose(0, 2, 1) @ J)
         log_prior = np.zeros(len(e))
         for c, sign in enumerate(problem.slopes):
@@ -247,8 +246,10 @@ def evaluate_samples(
     truth: torch.Tensor | None = None,
     tol: float = HIT_TOL,
     valid_misfit: float = VALID_MISFIT,
+    weights: list[np.ndarray] | None = None,
 ) -> dict[str, float]:
-    """All metrics for samples (M, S, P, 2) answering y (M, P, k); see the module docstring."""
+    """All metrics for samples (M, S, P, 2) answering y (M, P, k); see the module docstring.
+    `weights`: the solutions' `mode_weights`, when the caller has them (a trial's every epoch)."""
     samples = torch.as_tensor(samples).detach().double().cpu()
     y = torch.as_tensor(y).detach().double().cpu()
     m, s = samples.shape[:2]
@@ -304,7 +305,7 @@ def evaluate_samples(
         out["solutions_per_condition"] = n_sol / m
         # what a perfect posterior sampler would reach with as many independent draws: the honest ceiling
         # of mode_recall for posterior draws (coverage draws can exceed it)
-        out["exact_posterior_recall"] = expected_recall(mode_weights(problem, solutions), s)
+        out["exact_posterior_recall"] = expected_recall(weights if weights is not None else mode_weights(problem, solutions), s)
     if truth is not None:
         tr = torch.as_tensor(truth).detach().double().cpu().numpy()
         out["truth_recall"] = float(np.mean([_hit_matrix(xs[g], tr[g : g + 1], tol).any() for g in range(m)]))

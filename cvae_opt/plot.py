@@ -14,7 +14,7 @@ from .checkpoints import load_checkpoint
 from .cli import run_main
 from .data import load_pairs
 from .errors import UserError
-from .generate import add_refine_args, generate_samples, refine_options
+from .generate import add_refine_args, check_draw, generate_samples, refine_options
 from .plots import samples_figure, save_figure
 from .problems import resolve_problem
 
@@ -36,9 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.n < 1 or args.samples < 1:
         raise UserError("--n and --samples must be positive")
-    refine_options(args)
+    options = refine_options(args)
     model, cfg, _ = load_checkpoint(args.checkpoint)
-    options = refine_options(args, model)
+    check_draw(model, options)
     problem = resolve_problem(cfg.data.problem)
     cond = load_pairs(args.conditions, problem)
     y = cond.y[: args.n]

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .config import Config, TrainConfig
 from .data import Pairs, draw_pairs, load_pairs, make_pairs
 from .errors import NonFiniteLoss, UserError
-from .metrics import can_enumerate, enumerate_solutions, evaluate_samples
+from .metrics import can_enumerate, enumerate_solutions, evaluate_samples, mode_weights
 from .models import CVAE, DRAWS, build_model, kl_categorical, kl_gaussians
 from .problems import Problem, resolve_problem
 from .refine import generate_samples
@@ -167,13 +167,14 @@ class Evaluator:
         self.n_samples = n_samples
         self.seed = seed
         self.solutions = _solutions(problem, self.y) if can_enumerate(problem) and n else None
+        self.weights = mode_weights(problem, self.solutions) if self.solutions is not None else None
 
     def __call__(self, model: CVAE) -> dict[str, float]:
         if len(self.y) == 0 or self.n_samples < 1:
             return {}
         gen = torch.Generator().manual_seed(self.seed)
         samples = model.generate(self.y, self.n_samples, generator=gen, **self._draw_options(model))
-        return evaluate_samples(self.problem, samples, self.y, self.solutions, self.truth)
+        return evaluate_samples(self.problem, samples, self.y, self.solutions, self.truth, weights=self.weights)
 
     def refined(self, model: CVAE, steps: int, oversample: int) -> dict[str, float]:
         """The same metrics for the refined pipeline (`generate --refine steps --oversample K`), prefixed
@@ -182,7 +183,7 @@ class Evaluator:
             return {}
         x = generate_samples(model, self.y, self.n_samples, seed=self.seed, refine_steps=steps, oversample=oversample,
                              problem=self.problem, **self._draw_options(model))
-        m = evaluate_samples(self.problem, x, self.y, self.solutions, self.truth)
+        m = evaluate_samples(self.problem, x, self.y, self.solutions, self.truth, weights=self.weights)
         return {f"refined_{k}": v for k, v in m.items() if k not in ("n_conditions", "samples_per_condition")}
 
 
