@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -37,14 +36,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_line  # noqa: E402
 from cvae_opt.checkpoints import save_checkpoint  # noqa: E402
 from cvae_opt.config import Config  # noqa: E402
-from cvae_opt.data import load_pairs, sample_lines  # noqa: E402
+from cvae_opt.data import load_pairs, resolve_data_path, sample_lines  # noqa: E402
 from cvae_opt.metrics import enumerate_solutions, evaluate_samples, expected_recall, mode_weights  # noqa: E402
 from cvae_opt.problems import Problem, resolve_problem  # noqa: E402
 from cvae_opt.refine import generate_samples, refine, select_diverse  # noqa: E402
 from cvae_opt.train import train  # noqa: E402
 
 DEFAULT_CONFIGS = ["studies/best/cvae_re.yaml", "studies/best/cvae.yaml"]
-SCORING = os.environ.get("CVAE_OPT_CHALLENGE_DATA", str(ROOT.parent / "shared" / "challenge-data")) + "/scoring_dataset.pt"
+SCORING = "two_birds:scoring"  # the package's copy (CVAE_OPT_CHALLENGE_DATA overrides)
 COLUMNS = [("mode_precision", "precision"), ("mode_recall", "recall"), ("valid_fraction", "valid"),
            ("misfit_rmse", "misfit RMSE"), ("r2", "R²"), ("slope_signs", "slopes"), ("seconds", "seconds")]
 
@@ -65,7 +64,7 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=30)
     ap.add_argument("--refine", type=int, default=40, help="LM iterations of the refined pipeline")
     ap.add_argument("--oversample", nargs="+", type=int, default=[1, 2, 3, 30])
-    ap.add_argument("--scoring", default=SCORING, help="conditions file (validation_dataset.pt to choose configs)")
+    ap.add_argument("--scoring", default=SCORING, help="conditions file or built-in name (two_birds:validation to choose configs)")
     ap.add_argument("--first", type=int, help="only the first N conditions of that file")
     ap.add_argument("--out", default="reports/quality.json")
     ap.add_argument("--checkpoints", help="folder to save each trained model in (NAME-seedS.pt), for plots")
@@ -133,7 +132,7 @@ def main() -> int:
                         lambda: random_lines_refined(problem, y, args.samples, k, args.refine, seed))
 
     print()
-    print(machine_line(f"Quality on {Path(args.scoring).name}, {args.samples} samples per y, tolerance 0.02, "
+    print(machine_line(f"Quality on {resolve_data_path(args.scoring).name}, {args.samples} samples per y, tolerance 0.02, "
                        f"mean ± std over seeds {args.seeds}, refined = LM {args.refine} iterations"))
     print("| source and draw | " + " | ".join(label for _, label in COLUMNS) + " |")
     print("|" + " --- |" * (1 + len(COLUMNS)))

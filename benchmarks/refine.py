@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -25,13 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine_line  # noqa: E402
 from cvae_opt.checkpoints import load_checkpoint  # noqa: E402
-from cvae_opt.data import load_pairs, sample_lines  # noqa: E402
+from cvae_opt.data import load_pairs, resolve_data_path, sample_lines  # noqa: E402
 from cvae_opt.generate import generate_samples  # noqa: E402
 from cvae_opt.metrics import enumerate_solutions, evaluate_samples  # noqa: E402
 from cvae_opt.problems import TWO_BIRDS  # noqa: E402
 from cvae_opt.refine import refine, select_diverse  # noqa: E402
 
-SCORING = os.environ.get("CVAE_OPT_CHALLENGE_DATA", str(ROOT.parent / "shared" / "challenge-data")) + "/scoring_dataset.pt"
+SCORING = "two_birds:scoring"  # the package's copy (CVAE_OPT_CHALLENGE_DATA overrides)
 
 
 def main() -> int:
@@ -47,7 +46,7 @@ def main() -> int:
     scoring = load_pairs(args.scoring, problem)
     sols = enumerate_solutions(problem, scoring.y)
     m = len(scoring)
-    print(machine_line(f"refinement, {Path(args.scoring).name}, {m} conditions"))
+    print(machine_line(f"refinement, {resolve_data_path(args.scoring).name}, {m} conditions"))
     print(f"\nsolvers, {args.starts} random prior starts per y:")
     print("| solver | seconds | valid share | pool recall |")
     print("| --- | --- | --- | --- |")

@@ -7,6 +7,7 @@ TensorDataset is allowed through: a hostile file is refused before any of its co
 
 from __future__ import annotations
 
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,29 @@ from .files import atomic_write
 from .problems import Problem, ends_from_unit, line_points, problem_key
 
 DEFAULT_CACHE = Path("storage") / "data"
+CHALLENGE_DIR = Path(__file__).resolve().parent / "challenge_data"  # shipped with the package
+CHALLENGE_FILES = {
+    "two_birds:scoring": "scoring_dataset.pt",
+    "two_birds:validation": "validation_dataset.pt",
+    "two_birds:submission-sample": "two-birds-submission-sample.pt",
+}
+
+
+def challenge_dir() -> Path:
+    """The folder of the challenge files: CVAE_OPT_CHALLENGE_DATA if set, else the package's copy."""
+    env = os.environ.get("CVAE_OPT_CHALLENGE_DATA")
+    return Path(env) if env else CHALLENGE_DIR
+
+
+def resolve_data_path(name: Path | str) -> Path:
+    """A built-in name (`two_birds:scoring`, ...) -> its file; any other name is a path. Users never
+    have to type a path into the installed package."""
+    text = str(name)
+    if text in CHALLENGE_FILES:
+        return challenge_dir() / CHALLENGE_FILES[text]
+    if text.startswith("two_birds:") and not Path(text).exists():
+        raise UserError(f"unknown built-in data {text!r}; use one of {', '.join(CHALLENGE_FILES)} or a file path")
+    return Path(name)
 
 
 @dataclass
@@ -124,9 +148,12 @@ def _as_points(t: torch.Tensor, n_points: int, width: int | None, what: str, pat
 
 
 def load_pairs(path: Path | str, problem: Problem | None = None, n_points: int = 50) -> Pairs:
-    """Read a challenge-format file; refuse anything else with one line that says what was found."""
-    path = Path(path)
+    """Read a challenge-format file (or a built-in name such as `two_birds:scoring`); refuse anything
+    else with one line that says what was found."""
+    path = resolve_data_path(path)
     if not path.is_file():
+        if str(path).startswith(str(challenge_dir())) and os.environ.get("CVAE_OPT_CHALLENGE_DATA"):
+            raise UserError(f"{path}: no such file; CVAE_OPT_CHALLENGE_DATA names a folder without it (unset it to use the shipped copy)")
         raise UserError(f"{path}: no such file")
     obj = _torch_load(path)
     if isinstance(obj, TensorDataset):

@@ -65,11 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m cvae_opt.evaluate",
         description="Print the metrics of a challenge-format submission as one JSON object.",
-        epilog="example: python -m cvae_opt.evaluate --submission ../shared/challenge-data/scoring_dataset.pt",
+        epilog="example: python -m cvae_opt.evaluate --submission two_birds:scoring",
     )
-    ap.add_argument("--submission", required=True, help="TensorDataset of (generated x, given y), each (N, 1, 50, 2)")
+    ap.add_argument("--submission", required=True, help="TensorDataset of (generated x, given y), each (N, 1, 50, 2), or a built-in name such as two_birds:submission-sample")
     ap.add_argument("--problem", default="two_birds", help="built-in name or package.module:callable (default two_birds)")
-    ap.add_argument("--truth", help="file of (true x, y) pairs, for truth_recall when y alone is ambiguous")
+    ap.add_argument("--truth", help="file of (true x, y) pairs (or two_birds:scoring), for truth_recall when y alone is ambiguous")
     args = ap.parse_args(argv)
     result = evaluate_file(args.submission, resolve_problem(args.problem), args.truth)
     json.dump(result, sys.stdout, indent=2)

@@ -72,10 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m cvae_opt.generate",
         description="Draw samples for given conditions and write a challenge-format submission.",
         epilog="example: python -m cvae_opt.generate --checkpoint best_model.pt "
-        "--conditions ../shared/challenge-data/scoring_dataset.pt --samples 30 --out submission.pt",
+        "--conditions two_birds:scoring --samples 30 --out submission.pt",
     )
     ap.add_argument("--checkpoint", required=True, help="checkpoint written by a trial, report or retrain")
-    ap.add_argument("--conditions", required=True, help="challenge-format file whose y are the given conditions")
+    ap.add_argument("--conditions", required=True, help="challenge-format file whose y are the given conditions, or a built-in name: two_birds:scoring, two_birds:validation")
     ap.add_argument("--samples", type=int, default=30, help="samples per given y (default 30)")
     ap.add_argument("--out", required=True, help="output .pt file: TensorDataset of (x, given y), (N*S, 1, 50, 2)")
     ap.add_argument("--seed", type=int, default=0)

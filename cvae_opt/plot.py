@@ -24,10 +24,10 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m cvae_opt.plot",
         description="Draw generated samples against their given measurements.",
         epilog="example: python -m cvae_opt.plot --checkpoint reports/cvae_re/best_model.pt "
-        "--conditions ../shared/challenge-data/scoring_dataset.pt --out samples.png",
+        "--conditions two_birds:scoring --out samples.png",
     )
     ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--conditions", required=True, help="challenge-format file whose y are drawn for")
+    ap.add_argument("--conditions", required=True, help="challenge-format file whose y are drawn for, or a built-in name such as two_birds:scoring")
     ap.add_argument("--out", required=True, help="PNG file to write")
     ap.add_argument("--n", type=int, default=4, help="how many given y (rows), default 4")
     ap.add_argument("--samples", type=int, default=30, help="samples per y, default 30")

@@ -168,32 +168,31 @@ def select_diverse(
     that converged lie on an exact solution, while 211 of the 314 between 1e-4 and 0.02 are
     near-solutions that are not, and farthest-point selection would favour them (they lie apart)."""
     m, s = x.shape[:2]
+    n = min(n, s)
     with torch.no_grad():
-        misfit = ((problem(x.double()) - y.double().unsqueeze(1)) ** 2).mean(dim=(-1, -2)).sqrt()  # (M, S)
-    flat = x.reshape(m, s, -1).double()
-    keep = torch.empty(m, n, dtype=torch.long)
-    for g in range(m):
-        chosen: list[int] = []
-        dist = torch.full((s,), float("inf"), dtype=torch.float64, device=x.device)  # beside tier/flat (GPU)
-        lower = -1.0
-        for bound in (converged_misfit, valid_misfit):
-            tier = torch.nonzero((misfit[g] <= bound) & (misfit[g] > lower)).flatten()
-            lower = bound
-            if len(chosen) >= n or not len(tier):
-                continue
-            tier = tier[torch.argsort(misfit[g, tier])]
-            d_tier = dist[tier].clone()
-            j = 0 if not chosen else int(torch.argmax(d_tier))
-            while len(chosen) < n and d_tier[j] >= 0:
-                chosen.append(int(tier[j]))
-                d = (flat[g, tier] - flat[g, tier[j]]).pow(2).mean(-1).sqrt()
-                d_tier = torch.minimum(d_tier, d)
-                d_tier[j] = -1.0
-                dist = torch.minimum(dist, (flat[g] - flat[g, tier[j]]).pow(2).mean(-1).sqrt())
-                j = int(torch.argmax(d_tier))
-        if len(chosen) < n:
-            taken = set(chosen)
-            rest = [int(i) for i in torch.argsort(misfit[g]) if int(i) not in taken]
-            chosen += rest[: n - len(chosen)]
-        keep[g] = torch.tensor(chosen[:n])
-    return torch.gather(x, 1, keep.to(x.device).view(m, n, 1, 1).expand(m, n, *x.shape[2:]))
+        misfit = ((problem(x.double()) - y.double().to(x.device).unsqueeze(1)) ** 2).mean(dim=(-1, -2)).sqrt()  # (M, S)
+        # every group at once, n steps of tensor ops on the samples' device (no per-sample sync): sort each
+        # group by misfit so that argmax's first-index tie-break prefers the better fit
+        order = torch.argsort(misfit, dim=1, stable=True)
+        misfit = torch.gather(misfit, 1, order)
+        flat = torch.gather(x.reshape(m, s, -1).double(), 1, order.unsqueeze(-1).expand(m, s, x[0, 0].numel()))
+        tier = torch.full((m, s), 2, dtype=torch.long, device=x.device)
+        tier[misfit <= valid_misfit] = 1
+        tier[misfit <= converged_misfit] = 0
+        rank = torch.arange(s, device=x.device, dtype=torch.float64).expand(m, s)
+        dist = torch.full((m, s), float("inf"), dtype=torch.float64, device=x.device)
+        chosen = torch.zeros((m, s), dtype=torch.bool, device=x.device)
+        rows = torch.arange(m, device=x.device)
+        keep = torch.empty((m, n), dtype=torch.long, device=x.device)
+        for k in range(n):
+            # the best tier left in each group; in tiers 0 and 1 the sample farthest from those kept
+            # (all inf before the first pick: the best fit), in tier 2 the best fit
+            current = torch.where(chosen, 3, tier).min(dim=1, keepdim=True).values
+            eligible = ~chosen & (tier == current)
+            value = torch.where(current == 2, -rank, dist).masked_fill(~eligible, float("-inf"))
+            j = torch.argmax(value, dim=1)
+            keep[:, k] = j
+            chosen[rows, j] = True
+            dist = torch.minimum(dist, (flat - flat[rows, j].unsqueeze(1)).pow(2).mean(-1).sqrt())
+        keep = torch.gather(order, 1, keep)
+    return torch.gather(x, 1, keep.view(m, n, 1, 1).expand(m, n, *x.shape[2:]))

@@ -15,10 +15,12 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from datetime import timedelta
 from typing import Any
 
 import optuna
+import torch
 
 from .cli import EXIT_INTERRUPTED, run_main
 from .errors import NonFiniteLoss, UserError
@@ -26,6 +28,7 @@ from .objective import ArtifactError, Objective, Overrides
 from .sampling import make_pruner, make_sampler, pruner_name
 from .storage import DEFAULT_ARTIFACTS, DEFAULT_STORAGE, HEARTBEAT_SECONDS, artifact_store, mask_url, open_storage
 from .studies import StudySpec, load_study
+from .train import resolve_device, worker_device
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
 
@@ -198,7 +201,14 @@ def main(argv: list[str] | None = None) -> int:
     seed = args.seed if args.seed is not None else spec.sampler["args"].get("seed")
     sampler = make_sampler(spec.sampler, None if seed is None else seed + worker, args.n_startup_trials)
     pruner = make_pruner(spec.pruner)
-    objective = Objective(spec, Overrides(args.epochs, args.train_size, args.device, args.seed), artifact_store(args.artifacts))
+    requested = str(args.device or spec.fixed.get("device", spec.fixed.get("train.device", "auto")))
+    resolve_device(requested)  # a device this machine lacks is one error line, before any trial
+    n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    device = worker_device(requested, worker, n_cuda)
+    objective = Objective(
+        spec, Overrides(args.epochs, args.train_size, device if device != requested else args.device, args.seed),
+        artifact_store(args.artifacts),
+    )
     storage = open_storage(args.storage, heartbeat=args.heartbeat)
     if threading.current_thread() is threading.main_thread():
         _interruptible()
@@ -217,7 +227,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{[d.name.lower() for d in study.directions]}, this study file asks for {directions}; "
             "use another --study-name"
         )
+    if study.metric_names is not None and list(study.metric_names) != list(spec.metrics):
+        raise UserError(
+            f"study {study_name!r} in {mask_url(args.storage)} was created for metrics {list(study.metric_names)}, "
+            f"this study file asks for {list(spec.metrics)}; use another --study-name"
+        )
     if worker == 0:
+        # the dashboard, the report and the optuna CLI then name the values (score...), not "Objective 0"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(spec.metrics))
         study.set_user_attr("study_file", spec.text)
         study.set_user_attr("study_path", spec.path)
         study.set_user_attr("metrics", spec.metrics)
@@ -226,8 +245,6 @@ def main(argv: list[str] | None = None) -> int:
         launches = list(study.user_attrs.get("launch_commands", []))
         study.set_user_attr("launch_commands", launches + [_masked_argv(argv, args.storage)])
         study.set_user_attr("launch_command", _masked_argv(argv, args.storage))
-    import torch
-
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.jobs))
     quiet = args.quiet or worker > 0
     start = _counts(study)
@@ -237,10 +254,13 @@ def main(argv: list[str] | None = None) -> int:
             extra = f"; note: Optuna does not prune multi-objective trials, so pruner {pruner_name(spec.pruner)} is not used"
         elif spec.metrics[0].startswith("refined_") and spec.pruner is not None:
             extra = f"; note: {spec.metrics[0]} exists after the last epoch only, so pruner {pruner_name(spec.pruner)} is not used"
+        spread = ""
+        if args.jobs > 1 and worker_device(requested, 1, n_cuda) != requested:
+            spread = f" spread over {min(args.jobs, n_cuda)} GPUs (worker i on cuda:(i mod {n_cuda}))"
         print(
             f"study {study_name!r} ({spec.path}) in {mask_url(args.storage)}: {start['finished']} trials so far; "
             f"adding {args.trials} with {type(sampler).__name__}, pruner {pruner_name(None if spec.multi_objective else spec.pruner)}, "
-            f"{args.jobs} worker(s){extra}",
+            f"{args.jobs} worker(s){spread}{extra}",
             flush=True,
         )
     children: list[subprocess.Popen] = []

@@ -32,7 +32,16 @@ from .config import Config, DataConfig, TrainConfig
 from .errors import UserError
 from .models import ModelConfig
 
-STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
+
+def _studies_dir() -> Path:
+    """The built-in study files: installed as package data (cvae_opt/builtin_studies), or, in a source
+    checkout or an editable install, the repository's studies/ they are installed from."""
+    here = Path(__file__).resolve().parent
+    installed = here / "builtin_studies"
+    return installed if installed.is_dir() else here.parent / "studies"
+
+
+STUDIES_DIR = _studies_dir()
 DERIVED = ("conv_channels", "conv_depth", "kernel_size")
 # after the last epoch only, with fixed: {eval_refine: STEPS}; no pruning on them
 REFINED_METRICS = tuple(

@@ -29,14 +29,33 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    """auto, cpu, cuda or cuda:N -> a device this machine has; anything else is one clear error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} asked for, but torch sees no CUDA device; use --device cpu or auto")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {name!r} asked for, but torch sees no CUDA device; use --device cpu or auto")
+        n = torch.cuda.device_count()
+        if device.index is not None and device.index >= n:
+            raise UserError(
+                f"device {name!r} asked for, but this machine has {n} CUDA device{'s' if n > 1 else ''} "
+                f"(cuda:0{f' to cuda:{n - 1}' if n > 1 else ''}); use one of those, or cuda / auto"
+            )
+    elif device.type != "cpu":
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def worker_device(name: str, worker: int, n_cuda: int) -> str:
+    """The device of worker `worker` of a multi-process study: with several GPUs, `auto` and `cuda`
+    spread the workers over them (worker i on cuda:(i mod n)); an explicit device is kept."""
+    if name in ("auto", "cuda") and n_cuda > 1:
+        return f"cuda:{worker % n_cuda}"
+    return name
 
 
 def load_data(cfg: Config, problem: Problem) -> tuple[Pairs, Pairs]:
@@ -85,11 +104,17 @@ def loss_terms(
 
     if model.log_scale is not None:
         parts["decoder_sigma"] = torch.exp(0.5 * model.log_scale.detach())
+    # with w_y = 0 a training step skips the physics term (no forward, no backward, and a NaN forward
+    # cannot reach the loss); without gradients (validation) it is still computed, as a diagnostic
+    physics_off = tc.w_y <= 0 and torch.is_grad_enabled()
     if not cfg.has_components:
         recon = nll(F.mse_loss(out["x_hat"], x))
-        with torch.set_grad_enabled(torch.is_grad_enabled() and tc.w_y > 0):  # recorded only when w_y is 0
+        parts.update(kl=kl, recon=recon)
+        if physics_off:
+            physics = None
+        else:
             physics = F.mse_loss(problem(out["x_hat"]), y)
-        parts.update(kl=kl, recon=recon, physics_rec=physics)
+            parts["physics_rec"] = physics
         if tc.w_y > 0 and tc.physics_samples > 0:
             y_gen = problem(model.draw(y, tc.physics_samples))
             per_sample = ((y_gen - y.unsqueeze(1)) ** 2).mean(dim=(-1, -2))  # (B, physics_samples)
@@ -111,7 +136,9 @@ def loss_terms(
         if cfg.has_gaussian:
             parts["kl_gaussian"] = kl
         kl_opt = kl_opt + kl_c
-        with torch.set_grad_enabled(torch.is_grad_enabled() and tc.w_y > 0):
+        if physics_off:
+            physics = None
+        else:
             if cfg.latent_type == "mixed":
                 x_gen, log_w = model.draw_all(y)
             else:
@@ -119,9 +146,12 @@ def loss_terms(
             misfit_c = ((problem(x_gen) - y.unsqueeze(1)) ** 2).mean(dim=(-1, -2))  # (B, K)
             w = torch.softmax(log_w.detach() * tc.physics_temperature, dim=-1)
             physics = (w * misfit_c).sum(1).mean()
-        parts["physics_gen"] = physics
-    parts["physics"] = physics
-    total = beta * kl_opt + tc.w_x * recon + tc.w_y * physics
+            parts["physics_gen"] = physics
+    total = beta * kl_opt + tc.w_x * recon
+    if physics is not None:
+        parts["physics"] = physics
+        if tc.w_y > 0:
+            total = total + tc.w_y * physics
     parts["loss"] = total
     return total, parts
 
@@ -202,7 +232,8 @@ def validation_loss(model: CVAE, problem: Problem, val: Pairs, tc: TrainConfig, 
     try:
         for i in range(0, len(val), batch):
             xb, yb = val.x[i : i + batch], val.y[i : i + batch]
-            _, parts = loss_terms(model, problem, xb, yb, tc, beta)
+            with torch.no_grad():  # no graph; the physics part is reported even when w_y is 0
+                _, parts = loss_terms(model, problem, xb, yb, tc, beta)
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * len(xb)
     finally:
@@ -215,6 +246,23 @@ def beta_at(tc: TrainConfig, epoch: int, step_frac: float) -> float:
     if tc.kl_warmup <= 0:
         return tc.beta
     return tc.beta * min(1.0, (epoch + step_frac) / tc.kl_warmup)
+
+
+FINITE_CHECK_EVERY = 32  # steps between reads of the device-side non-finite flag (and at each epoch's end)
+
+
+def _check_finite(
+    first_bad: torch.Tensor, first_value: torch.Tensor, first_parts: torch.Tensor | None, names: list[str], epoch: int
+) -> None:
+    """Raise NonFiniteLoss naming the epoch, the first bad step and the loss parts that were bad there."""
+    step = int(first_bad)  # the one sync
+    if step < 0:
+        return
+    bad = [k for k, ok in zip(names, first_parts.tolist()) if not ok] if first_parts is not None else []
+    raise NonFiniteLoss(
+        f"loss became {float(first_value)} at epoch {epoch + 1}, step {step + 1} "
+        f"(non-finite: {', '.join(bad) or 'total'}); lower the learning rate or enable grad_clip"
+    )
 
 
 def train(
@@ -262,16 +310,20 @@ def train(
             train_pairs = draw_pairs(problem, n, fresh, cfg.data.noise)
         perm = torch.randperm(n, generator=gen).to(device)
         sums: dict[str, torch.Tensor] = {}
+        first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        first_value = torch.zeros((), device=device)
+        first_parts: torch.Tensor | None = None  # which loss parts were finite at the first bad step
         for step in range(steps_per_epoch):
             idx = perm[step * bs : (step + 1) * bs]
             beta = beta_at(tc, epoch, step / steps_per_epoch)
             loss, parts = loss_terms(model, problem, train_pairs.x[idx], train_pairs.y[idx], tc, beta)
-            if not torch.isfinite(loss):
-                bad = [k for k, v in parts.items() if k != "loss" and not torch.isfinite(v)]
-                raise NonFiniteLoss(
-                    f"loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1} "
-                    f"(non-finite: {', '.join(bad) or 'total'}); lower the learning rate or enable grad_clip"
-                )
+            # the first non-finite step is recorded on the device and read every FINITE_CHECK_EVERY steps:
+            # one host sync per check instead of one per step
+            now = ~torch.isfinite(loss.detach()) & (first_bad < 0)
+            first_bad = torch.where(now, step, first_bad)
+            first_value = torch.where(now, loss.detach(), first_value)
+            finite = torch.stack([torch.isfinite(v.detach()).all() for k, v in parts.items() if k != "loss"])
+            first_parts = finite if first_parts is None else torch.where(now, finite, first_parts)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if tc.grad_clip > 0:
@@ -281,6 +333,8 @@ def train(
                 sched.step()
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v.detach()
+            if (step + 1) % FINITE_CHECK_EVERY == 0 or step + 1 == steps_per_epoch:
+                _check_finite(first_bad, first_value, first_parts, [k for k in parts if k != "loss"], epoch)
         train_seconds = time.perf_counter() - t0
         metrics: dict[str, float] = {"epoch": epoch + 1}
         metrics.update({f"train_{k}": float(v) / steps_per_epoch for k, v in sums.items()})

@@ -1,11 +1,12 @@
-import os
 import sys
 from pathlib import Path
 
 import pytest
 
+from cvae_opt.data import challenge_dir
+
 ROOT = Path(__file__).resolve().parents[1]
-CHALLENGE = Path(os.environ.get("CVAE_OPT_CHALLENGE_DATA", ROOT.parent / "shared" / "challenge-data"))
+CHALLENGE = challenge_dir()  # the package's copy; CVAE_OPT_CHALLENGE_DATA overrides
 
 
 @pytest.fixture(scope="session")
@@ -13,7 +14,8 @@ def challenge() -> Path:
     """The challenge files are part of the test contract: missing ones fail the run, never skip it."""
     for name in ("scoring_dataset.pt", "validation_dataset.pt", "two-birds-submission-sample.pt"):
         assert (CHALLENGE / name).is_file(), (
-            f"challenge file {CHALLENGE / name} is missing; set CVAE_OPT_CHALLENGE_DATA to the folder that holds it"
+            f"challenge file {CHALLENGE / name} is missing: it ships in cvae_opt/challenge_data/ "
+            "(or unset CVAE_OPT_CHALLENGE_DATA)"
         )
     return CHALLENGE
 

@@ -6,12 +6,12 @@ from torch.distributions import Normal, kl_divergence
 
 from cvae_opt.checkpoints import load_checkpoint, save_checkpoint
 from cvae_opt.config import Config
-from cvae_opt.data import make_pairs
+from cvae_opt.data import Pairs, make_pairs
 from cvae_opt.errors import NonFiniteLoss, UserError
 from cvae_opt.generate import generate_pairs
 from cvae_opt.models import ModelConfig, build_model, kl_gaussians
 from cvae_opt.problems import TWO_BIRDS
-from cvae_opt.train import loss_terms, resolve_device, train
+from cvae_opt.train import loss_terms, resolve_device, train, validation_loss
 
 
 def small_cfg(arch="cvae_re", head="line", **train):
@@ -103,6 +103,59 @@ def test_nan_loss_stops_with_a_clear_reason(pairs):
         train(small_cfg(), data=(Pairs(x, y), pairs[1]))
 
 
+def test_training_steps_read_nothing_back_from_the_device(pairs, monkeypatch):
+    """A host read (bool, float, int, item, tolist) of a tensor in the training loop blocks a GPU until it
+    catches up; the loop reads the non-finite flag once every FINITE_CHECK_EVERY steps, not once per step."""
+    import sys as _sys
+
+    import cvae_opt.train as train_module
+
+    reads = {"n": 0}
+    for name in ("__bool__", "__float__", "__int__", "item", "tolist"):
+        orig = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _orig=orig, **k):
+            if "cvae_opt" in _sys._getframe(1).f_code.co_filename:  # the project's code, not torch's optimisers
+                reads["n"] += 1
+            return _orig(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+
+    def host_reads(batch_size):
+        reads["n"] = 0
+        train(small_cfg(batch_size=batch_size), data=pairs)
+        return reads["n"]
+
+    few, many = host_reads(1000), host_reads(20)  # 2 and 100 steps, the same evaluation
+    assert many - few <= 98 / train_module.FINITE_CHECK_EVERY + 2, (few, many)
+
+
+def test_w_y_zero_skips_the_physics_term_in_training_steps(pairs):
+    from cvae_opt.problems import Problem
+
+    calls = []
+
+    def forward(x):  # NaN everywhere: with w_y = 0 it must not reach the loss
+        calls.append(torch.is_grad_enabled())
+        return torch.full((*x.shape[:-1], 2), float("nan"), dtype=x.dtype)
+
+    nan_problem = Problem("nan", forward, 2)
+    x, y = pairs[0].x[:64], pairs[0].y[:64]
+    for latent in ({}, {"latent_type": "categorical", "components": 8}):
+        cfg = small_cfg(w_y=0.0)
+        cfg.model = ModelConfig(**{**cfg.model.__dict__, **latent})
+        model = build_model(cfg.model, nan_problem)
+        calls.clear()
+        loss, parts = loss_terms(model, nan_problem, x, y, cfg.train, 0.1)
+        assert calls == [] and "physics" not in parts and torch.isfinite(loss)
+        loss.backward()
+        with torch.no_grad():  # validation still reports it, as a diagnostic, without adding it
+            loss, parts = loss_terms(model, nan_problem, x, y, cfg.train, 0.1)
+        assert calls == [False] and torch.isnan(parts["physics"]) and torch.isfinite(loss)
+        val = validation_loss(model, nan_problem, Pairs(x, y), cfg.train, 0.1)  # the same, with no graph
+        assert math.isnan(val["val_physics"]) and math.isfinite(val["val_loss"])
+
+
 def test_checkpoint_round_trip(tmp_path, pairs):
     cfg = small_cfg()
     res = train(cfg, data=pairs)
@@ -113,6 +166,28 @@ def test_checkpoint_round_trip(tmp_path, pairs):
     assert cfg2 == cfg
     y = pairs[1].y[:4]
     assert torch.equal(generate_pairs(model, y, 3, seed=1).x, generate_pairs(res.model, y, 3, seed=1).x)
+
+
+def test_a_device_the_machine_lacks_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a one-GPU machine, as torch reports it
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == torch.device("cuda:0") and resolve_device("cuda") == torch.device("cuda")
+    with pytest.raises(UserError, match=r"^device 'cuda:7' asked for, but this machine has 1 CUDA device \(cuda:0\)"):
+        resolve_device("cuda:7")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    with pytest.raises(UserError, match=r"has 4 CUDA devices \(cuda:0 to cuda:3\)"):
+        resolve_device("cuda:4")
+    with pytest.raises(UserError, match="unknown device 'mps'"):
+        resolve_device("mps")
+
+
+def test_workers_spread_over_the_gpus():
+    from cvae_opt.train import worker_device
+
+    assert [worker_device("auto", i, 3) for i in range(5)] == ["cuda:0", "cuda:1", "cuda:2", "cuda:0", "cuda:1"]
+    assert [worker_device("cuda", i, 2) for i in range(3)] == ["cuda:0", "cuda:1", "cuda:0"]
+    assert worker_device("cuda:1", 0, 4) == "cuda:1" and worker_device("cpu", 3, 4) == "cpu"  # asked for: kept
+    assert worker_device("auto", 3, 1) == "auto" and worker_device("auto", 3, 0) == "auto"
 
 
 def test_device_and_config_errors():

@@ -193,3 +193,29 @@ def test_user_problems_resolve_and_are_checked(tmp_path, monkeypatch):
     ]:
         with pytest.raises(UserError, match=expect):
             resolve_problem(spec)
+
+
+def test_the_challenge_files_ship_with_the_package_under_built_in_names(monkeypatch, tmp_path):
+    import hashlib
+
+    import cvae_opt.data as data
+
+    monkeypatch.delenv("CVAE_OPT_CHALLENGE_DATA", raising=False)
+    sizes = {"two_birds:scoring": 50, "two_birds:validation": 3000, "two_birds:submission-sample": 1500}
+    for name, n in sizes.items():
+        path = data.resolve_data_path(name)
+        assert path.parent == data.CHALLENGE_DIR and path.is_file()
+        assert len(load_pairs(name, TWO_BIRDS)) == n
+    # byte for byte the public starter kit's files (checksums in the README beside them)
+    readme = (data.CHALLENGE_DIR / "README.md").read_text()
+    for f in data.CHALLENGE_FILES.values():
+        assert hashlib.sha256((data.CHALLENGE_DIR / f).read_bytes()).hexdigest() + "  " + f in readme
+    with pytest.raises(UserError, match="unknown built-in data 'two_birds:scoring_dataset'; use one of two_birds:scoring"):
+        load_pairs("two_birds:scoring_dataset", TWO_BIRDS)
+    # the override: another folder with files of the same names
+    sub = load_pairs("two_birds:scoring", TWO_BIRDS)
+    save_pairs(tmp_path / "scoring_dataset.pt", type(sub)(sub.x[:3], sub.y[:3]))
+    monkeypatch.setenv("CVAE_OPT_CHALLENGE_DATA", str(tmp_path))
+    assert len(load_pairs("two_birds:scoring", TWO_BIRDS)) == 3
+    with pytest.raises(UserError, match="CVAE_OPT_CHALLENGE_DATA names a folder without it"):
+        load_pairs("two_birds:validation", TWO_BIRDS)

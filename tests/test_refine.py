@@ -77,6 +77,45 @@ def test_select_diverse_prefers_distinct_valid_samples(challenge):
     assert m["mode_precision"] == 5 / 6 and m["mode_recall"] == 4 / len(sols[i])
 
 
+def _select_diverse_one_group_at_a_time(problem, x, y, n, valid_misfit=0.02, converged_misfit=1e-4):
+    """The selection rule written plainly, group by group and sample by sample: the reference that
+    the batched select_diverse must reproduce exactly."""
+    misfit = ((problem(x.double()) - y.double().unsqueeze(1)) ** 2).mean(dim=(-1, -2)).sqrt()
+    flat = x.reshape(*x.shape[:2], -1).double()
+    out = []
+    for g in range(x.shape[0]):
+        order = sorted(range(x.shape[1]), key=lambda i: float(misfit[g, i]))
+        tiers = [[i for i in order if misfit[g, i] <= converged_misfit],
+                 [i for i in order if converged_misfit < misfit[g, i] <= valid_misfit]]
+        chosen = []
+        dist = {i: float("inf") for i in order}
+        for tier in tiers:
+            left = list(tier)
+            while left and len(chosen) < n:
+                j = max(left, key=lambda i: dist[i])  # max() keeps the first of equals: the better fit
+                chosen.append(j)
+                left.remove(j)
+                for i in order:
+                    dist[i] = min(dist[i], float((flat[g, i] - flat[g, j]).pow(2).mean().sqrt()))
+        chosen += [i for i in order if i not in chosen][: n - len(chosen)]
+        out.append(chosen)
+    return torch.stack([x[g, c] for g, c in enumerate(out)])
+
+
+def test_batched_select_diverse_matches_the_rule_sample_by_sample(challenge):
+    p, sols = scoring(challenge)
+    gen = torch.Generator().manual_seed(5)
+    pools = []
+    for i in range(6):  # exact solutions (some repeated), near misses in the middle tier, junk
+        s = torch.tensor(sols[i]).float()
+        exact = s[torch.randint(len(s), (10,), generator=gen)]
+        near = s[torch.randint(len(s), (6,), generator=gen)] + 2e-4 * torch.randn(6, 50, 2, generator=gen)
+        pools.append(torch.cat([exact, near, sample_lines(TWO_BIRDS, 14, gen)])[torch.randperm(30, generator=gen)])
+    x, y = torch.stack(pools), p.y[:6]
+    for n in (1, 5, 12, 30):
+        assert torch.equal(select_diverse(TWO_BIRDS, x, y, n), _select_diverse_one_group_at_a_time(TWO_BIRDS, x, y, n)), n
+
+
 def test_generate_cli_records_refinement_and_oversampling(tmp_path, challenge):
     cfg = Config.from_dict({"model": {"latent": 4, "hidden": 32, "channels": [8], "kernels": [5]}})
     ck = save_checkpoint(tmp_path / "m.pt", build_model(cfg.model, TWO_BIRDS), cfg)

@@ -27,7 +27,7 @@ def study_of(tmp_path, name):
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory, challenge):
+def smoke(tmp_path_factory):
     """3 trials of the shipped cvae_re study, 1 epoch on 2,000 pairs, in a fresh folder."""
     d = tmp_path_factory.mktemp("study")
     r = cli("run", "--study", "cvae_re", "--trials", 3, *SMOKE, cwd=d)
@@ -60,6 +60,7 @@ def test_trials_are_recorded_with_attrs_and_artifacts(smoke):
             f = d / "storage" / "artifacts" / m.artifact_id
             assert f.is_file() and f.stat().st_size > 1000
     assert "study_file" in study.user_attrs and "search:" in study.user_attrs["study_file"]
+    assert study.metric_names == ["score"]  # what the dashboard and the optuna CLI label the values with
     assert "--trials 3" in study.user_attrs["launch_command"]
     # progress and summary
     out = r.stdout
@@ -101,7 +102,7 @@ def test_report_writes_every_file_and_opens_offline(smoke):
     assert len(df) >= 3 and "params_lr" in df.columns and "user_attrs_misfit_rmse" in df.columns
 
 
-def test_export_retrain_generate_evaluate(smoke, challenge):
+def test_export_retrain_generate_evaluate(smoke):
     d, _ = smoke
     r = cli("export", "--study", "cvae_re", "--out", "best.yaml", cwd=d)
     assert r.returncode == 0, r.stderr
@@ -117,16 +118,17 @@ def test_export_retrain_generate_evaluate(smoke, challenge):
     assert len(metrics["history"]) == 1 and "score" in metrics["final"]
     # a retrain runs the same code as the trial: same config and seed give the same final metrics
     assert metrics["final"]["val_loss"] == pytest.approx(best.user_attrs["val_loss"], rel=1e-4)
-    scoring = challenge / "scoring_dataset.pt"
-    r = cli("generate", "--checkpoint", "retrained/checkpoint.pt", "--conditions", scoring, "--samples", 30,
+    # the challenge's conditions by their built-in name, from a folder that holds nothing else
+    r = cli("generate", "--checkpoint", "retrained/checkpoint.pt", "--conditions", "two_birds:scoring", "--samples", 30,
             "--out", "sub.pt", cwd=d)
     assert r.returncode == 0, r.stderr
     sub = torch.load(d / "sub.pt", weights_only=False)
     assert sub.tensors[0].shape == (1500, 1, 50, 2) and sub.tensors[1].shape == (1500, 1, 50, 2)
-    r = cli("evaluate", "--submission", "sub.pt", cwd=d)
+    r = cli("evaluate", "--submission", "sub.pt", "--truth", "two_birds:scoring", cwd=d)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["n_conditions"] == 50 and out["samples_per_condition"] == 30 and 0 <= out["mode_recall"] <= 1
+    assert 0 <= out["truth_recall"] <= 1
 
 
 def write_study(path, **overrides):
@@ -164,6 +166,7 @@ def test_multi_objective_study_says_it_does_not_prune(tmp_path):
     r = cli("run", "--study", f, "--trials", 2, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "does not prune multi-objective" in r.stdout and "Pareto front" in r.stdout
+    assert study_of(tmp_path, "mo").metric_names == ["misfit_rmse", "diversity"]
     trials = study_of(tmp_path, "mo").trials
     assert all(t.state == optuna.trial.TrialState.COMPLETE and len(t.values) == 2 for t in trials)
     r = cli("report", "--study", "mo", cwd=tmp_path)
@@ -230,8 +233,21 @@ def test_other_bad_input_is_one_line_and_exit_2(tmp_path):
         (["--study", "cvae", "--trials", 0], "--trials must be a positive integer"),
         (["--study", "cvae", "--trials", -3], "--trials must be a positive integer"),
         (["--study", "cvae", "--storage", "notaurl"], "malformed storage URL"),
+        (["--study", "cvae", "--device", "cuda:7"], "device 'cuda:7' asked for"),  # no GPU, or fewer than 8
+        (["--study", "cvae", "--device", "gpu"], "unknown device 'gpu'"),
     ]
     for args, expect in cases:
         r = cli("run", *args, cwd=tmp_path)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1 and expect in lines[0], (args, r.stderr)
+
+
+def test_a_study_resumed_with_another_metric_is_refused(tmp_path):
+    f = write_study(tmp_path / "tiny.yaml", budget={"epochs": 1}, pruner=None)
+    assert cli("run", "--study", f, "--trials", 1, cwd=tmp_path).returncode == 0
+    g = write_study(tmp_path / "other.yaml", budget={"epochs": 1}, pruner=None,
+                    objective={"metric": "mode_recall", "direction": "maximize"})
+    r = cli("run", "--study", g, "--trials", 1, cwd=tmp_path)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "created for metrics ['score']" in lines[0], r.stderr
+    assert len(study_of(tmp_path, "tiny").trials) == 1
