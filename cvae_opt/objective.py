@@ -25,7 +25,7 @@ from .errors import NonFiniteLoss, UserError
 from .metrics import can_enumerate
 from .plots import samples_figure, save_figure
 from .problems import resolve_problem
-from .studies import CONFIG_PATHS, METRICS, StudySpec
+from .studies import CONFIG_PATHS, METRICS, PLOT_BEST_DEFAULT, StudySpec
 from .train import load_data, train
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
@@ -108,8 +108,9 @@ class Objective:
         self.overrides = overrides or Overrides()
         self.artifacts = artifacts
         self.checkpoints = bool(spec.artifacts.get("checkpoints", True))
-        self.plots = bool(spec.artifacts.get("plots", True))
+        self.plots = spec.artifacts.get("plots", "best")
         self.keep_best = spec.artifacts.get("keep_best")
+        self.plot_best = self.keep_best or PLOT_BEST_DEFAULT
         self._data: dict[tuple, tuple[Pairs, Pairs]] = {}
         problem = resolve_problem(spec.problem)
         for m in spec.metrics:
@@ -172,14 +173,14 @@ class Objective:
 
     def _upload(self, trial: optuna.Trial, cfg: Config, result: Any, values: list[float]) -> None:
         with tempfile.TemporaryDirectory(prefix="cvae-opt-") as tmp:
-            if self.checkpoints and self._in_top_k(trial, values):
+            if self.checkpoints and self._in_top_k(trial, values, self.keep_best):
                 f = save_checkpoint(Path(tmp) / f"trial-{trial.number}-checkpoint.pt", result.model, cfg, result.last)
                 aid = upload_artifact(
                     artifact_store=self.artifacts, file_path=str(f), study_or_trial=trial,
                     mimetype="application/octet-stream",
                 )
                 trial.set_user_attr("checkpoint_artifact", aid)
-            if self.plots:
+            if self.plots == "all" or (self.plots == "best" and self._in_top_k(trial, values, self.plot_best)):
                 val = self.data_for(cfg)[1]
                 fig = samples_figure(
                     result.model, result.problem, val.y[:3].cpu(), n_samples=20, seed=cfg.train.seed,
@@ -195,13 +196,15 @@ class Objective:
         done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         return sorted(done, key=lambda t: t.value, reverse=study.direction == optuna.study.StudyDirection.MAXIMIZE)
 
-    def _in_top_k(self, trial: optuna.Trial, values: list[float]) -> bool:
-        if not self.keep_best or self.spec.multi_objective:
+    def _in_top_k(self, trial: optuna.Trial, values: list[float], k: int | None) -> bool:
+        """Whether the finishing trial ranks among the best k complete trials (always, without a k or
+        with several objectives)."""
+        if not k or self.spec.multi_objective:
             return True
         ranked = self._ranked(trial.study)
-        if len(ranked) < self.keep_best:
+        if len(ranked) < k:
             return True
-        kth = ranked[self.keep_best - 1].value
+        kth = ranked[k - 1].value
         return values[0] > kth if trial.study.direction == optuna.study.StudyDirection.MAXIMIZE else values[0] < kth
 
     def _drop_beyond_top_k(self, study: optuna.Study) -> None:

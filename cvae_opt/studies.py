@@ -51,6 +51,10 @@ METRICS = (
     "score", "misfit_rmse", "r2", "slope_signs", "valid_fraction", "diversity", "mode_precision",
     "mode_recall", "truth_recall", "val_loss", "val_kl", "val_recon", "val_physics", *REFINED_METRICS,
 )
+# samples plots: for trials that enter the best K when they finish (K = keep_best, else 10; the default:
+# a plot costs more than the rest of a short trial's bookkeeping), for every complete trial, or none
+PLOTS = ("best", "all", "none")
+PLOT_BEST_DEFAULT = 10
 TOP_KEYS = ("name", "description", "problem", "data", "budget", "objective", "sampler", "pruner", "fixed", "search", "artifacts")
 
 
@@ -290,7 +294,15 @@ def load_study(name_or_path: str) -> StudySpec:
 
     artifacts = raw.get("artifacts") or {}
     if not isinstance(artifacts, dict) or set(artifacts) - {"checkpoints", "plots", "keep_best"}:
-        raise _err(path, "artifacts", "expected {checkpoints: true|false, keep_best: K, plots: true|false}")
+        raise _err(path, "artifacts", "expected {checkpoints: true|false, keep_best: K, plots: best|all|none}")
+    artifacts = dict(artifacts)
+    plots = artifacts.get("plots", "best")
+    artifacts["plots"] = {True: "all", False: "none"}.get(plots, plots) if isinstance(plots, bool) else plots
+    if artifacts["plots"] not in PLOTS:
+        raise _err(path, "artifacts.plots", f"{plots!r} is not one of {', '.join(PLOTS)}")
+    keep = artifacts.get("keep_best")
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+        raise _err(path, "artifacts.keep_best", f"{keep!r} is not a positive integer")
 
     spec = StudySpec(
         name=str(raw.get("name") or file.stem), path=path, text=text, problem=str(raw.get("problem", "two_birds")),

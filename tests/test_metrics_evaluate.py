@@ -142,3 +142,10 @@ def test_user_problem_with_one_condition_end_to_end(tmp_path, monkeypatch, py):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["n_conditions"] == 20 and out["samples_per_condition"] == 4 and "truth_recall" in out
+
+
+def test_a_closed_pipe_ends_the_command_quietly(py):
+    """`evaluate ... | head`: the reader leaves early; no traceback, exit 141 as Unix tools report it."""
+    r = subprocess.run(["bash", "-c", f"'{py}' -m cvae_opt.evaluate --submission two_birds:scoring | true; "
+                        "echo \"status ${PIPESTATUS[0]}\" >&2"], capture_output=True, text=True, timeout=300)
+    assert r.stderr.strip() == "status 141", r.stderr  # `true` left before the JSON was written

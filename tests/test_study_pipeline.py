@@ -210,6 +210,8 @@ BAD_STUDIES = {
     "unknown param": ({"search": {"learning_rate": {"type": "float", "low": 0.1, "high": 1}}}, "search.learning_rate: not a config key"),
     "unknown sampler": ({"sampler": {"name": "annealing"}}, "unknown sampler 'annealing'"),
     "unknown pruner": ({"pruner": {"name": "guillotine"}}, "unknown pruner 'guillotine'"),
+    "bad plots": ({"artifacts": {"plots": "some"}}, "artifacts.plots: 'some' is not one of best, all, none"),
+    "bad keep_best": ({"artifacts": {"keep_best": 0}}, "artifacts.keep_best: 0 is not a positive integer"),
     "unknown metric": ({"objective": {"metric": "accuracy", "direction": "maximize"}}, "objective.metric: unknown metric 'accuracy'"),
 }
 
@@ -251,3 +253,20 @@ def test_a_study_resumed_with_another_metric_is_refused(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "created for metrics ['score']" in lines[0], r.stderr
     assert len(study_of(tmp_path, "tiny").trials) == 1
+
+
+def test_samples_plots_only_for_trials_that_enter_the_best_k(tmp_path):
+    """The plot is the largest fixed bookkeeping cost of a trial: by default it is drawn only for a trial
+    that ranks in the best K when it finishes (here K = keep_best = 1: a new best)."""
+    f = write_study(tmp_path / "tiny.yaml", budget={"epochs": 1}, pruner=None, artifacts={"keep_best": 1})
+    r = cli("run", "--study", f, "--trials", 5, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    trials = study_of(tmp_path, "tiny").trials
+    best_so_far, expected = -float("inf"), []
+    for t in trials:
+        expected.append(t.value > best_so_far)
+        best_so_far = max(best_so_far, t.value)
+    assert [("samples_artifact" in t.user_attrs) for t in trials] == expected
+    assert expected.count(False) >= 1  # the seeded draw has at least one trial that is not a new best
+    plots = list((tmp_path / "storage" / "artifacts").rglob("*"))
+    assert sum(1 for p in plots if p.is_file()) == expected.count(True) + 1  # the plots and the best's checkpoint
