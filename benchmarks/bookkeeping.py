@@ -4,7 +4,7 @@ validation metrics computed after every epoch (what pruning needs) and the rest;
 overhead of Optuna + SQLite grows with the study, with a cheap stand-in objective that reports 10
 intermediate values and sets 10 user attributes, timed at trials 1, 100 and 500.
 
-    python benchmarks/bookkeeping.py                 # 3 trials at the default budget (20 epochs, 20,000 pairs)
+    python benchmarks/bookkeeping.py                 # 3 trials at the study's budget (cvae_re: 40 epochs, 20,000 pairs)
     python benchmarks/bookkeeping.py --epochs 5      # short trials: the fixed per-trial costs weigh more
 """
 
@@ -27,12 +27,17 @@ from _common import machine_line  # noqa: E402
 from cvae_opt import run as run_cli  # noqa: E402
 from cvae_opt.cli import quiet_libraries  # noqa: E402
 from cvae_opt.storage import open_storage  # noqa: E402
+from cvae_opt.studies import load_study  # noqa: E402
 
 
 def real_trials(args, tmp: Path) -> list[tuple[float, float, float]]:
     url = f"sqlite:///{tmp}/real.db"
-    argv = ["--study", args.study, "--trials", str(args.trials), "--epochs", str(args.epochs), "--train-size",
-            str(args.train_size), "--storage", url, "--artifacts", str(tmp / "art"), "--pruner", "none", "--quiet"]
+    argv = ["--study", args.study, "--trials", str(args.trials), "--storage", url, "--artifacts", str(tmp / "art"),
+            "--pruner", "none", "--quiet"]
+    if args.epochs:
+        argv += ["--epochs", str(args.epochs)]
+    if args.train_size:
+        argv += ["--train-size", str(args.train_size)]
     assert run_cli.main(argv) == 0
     study = optuna.load_study(study_name=args.study, storage=url)
     out = []
@@ -76,9 +81,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--study", default="cvae_re")
     ap.add_argument("--trials", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=20, help="default: the study's own budget")
-    ap.add_argument("--train-size", type=int, default=20000)
+    ap.add_argument("--epochs", type=int, help="default: the study's own budget")
+    ap.add_argument("--train-size", type=int, help="default: the study's own")
     args = ap.parse_args()
+    spec = load_study(args.study)
+    args.epochs, args.train_size = args.epochs or spec.epochs, args.train_size or spec.data.get("train_size", 20000)
     quiet_libraries()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:

@@ -149,7 +149,9 @@ class Objective:
                 return  # Optuna cannot prune multi-objective trials; refined_* exist after the last epoch only
             value = m.get(metrics[0], math.nan)
             trial.report(value, epoch)
-            if trial.should_prune():
+            # after the last epoch there is nothing left to save: a pruner's rung there would only throw
+            # a finished trial's result away (successive halving's first rung is epoch 1)
+            if epoch < cfg.train.epochs and trial.should_prune():
                 record(trial, m)
                 trial.set_user_attr("pruned_at_epoch", epoch)
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} with {metrics[0]} = {value:.4g}")

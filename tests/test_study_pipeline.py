@@ -153,6 +153,11 @@ def test_a_pruner_that_prunes_does_prune(tmp_path):
     assert [t.state for t in trials] == [optuna.trial.TrialState.PRUNED] * 3
     assert all(t.user_attrs["pruned_at_epoch"] == 1 and list(t.intermediate_values) == [1] for t in trials)
     assert "3 pruned" in r.stdout
+    # the last epoch is never pruned: there is nothing left to save, and the finished trial keeps its result
+    one = write_study(tmp_path / "one.yaml", name="one", budget={"epochs": 1})
+    r = cli("run", "--study", one, "--trials", 2, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert [t.state for t in study_of(tmp_path, "one").trials] == [optuna.trial.TrialState.COMPLETE] * 2
     # the same study without a pruner trains every epoch
     r = cli("run", "--study", f, "--trials", 1, "--pruner", "none", "--study-name", "tiny-nop", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
