@@ -60,6 +60,9 @@ class TrainConfig:
     # as `generate --refine eval_refine --oversample eval_oversample` on the validation conditions
     eval_refine: int = 0
     eval_oversample: int = 10
+    # a cheap refined estimate at every epoch before the last (refined_*_estimate: the first N validation
+    # conditions, oversample 2), so that studies with a refined_* objective can be pruned; 0 = off
+    eval_refine_estimate: int = 0
 
 
 @dataclass

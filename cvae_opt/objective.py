@@ -145,16 +145,22 @@ class Objective:
         multi = self.spec.multi_objective
 
         def on_epoch(epoch: int, m: dict[str, float]) -> None:
-            if multi or metrics[0].startswith("refined_"):
-                return  # Optuna cannot prune multi-objective trials; refined_* exist after the last epoch only
-            value = m.get(metrics[0], math.nan)
+            if multi:
+                return  # Optuna cannot prune multi-objective trials
+            key = metrics[0]
+            if key.startswith("refined_"):
+                # refined_* exist after the last epoch; before it, the cheap estimate if the study asks for it
+                key = f"{key}_estimate"
+                if key not in m:
+                    return
+            value = m.get(key, math.nan)
             trial.report(value, epoch)
             # after the last epoch there is nothing left to save: a pruner's rung there would only throw
             # a finished trial's result away (successive halving's first rung is epoch 1)
             if epoch < cfg.train.epochs and trial.should_prune():
                 record(trial, m)
                 trial.set_user_attr("pruned_at_epoch", epoch)
-                raise optuna.TrialPruned(f"pruned at epoch {epoch} with {metrics[0]} = {value:.4g}")
+                raise optuna.TrialPruned(f"pruned at epoch {epoch} with {key} = {value:.4g}")
 
         needs_val_loss = any(m.startswith("val_") for m in metrics)  # else only after the last epoch
         result = train(cfg, callback=on_epoch, data=self.data_for(cfg), val_loss_every_epoch=needs_val_loss)

@@ -253,7 +253,11 @@ def main(argv: list[str] | None = None) -> int:
         if spec.multi_objective and spec.pruner is not None:
             extra = f"; note: Optuna does not prune multi-objective trials, so pruner {pruner_name(spec.pruner)} is not used"
         elif spec.metrics[0].startswith("refined_") and spec.pruner is not None:
-            extra = f"; note: {spec.metrics[0]} exists after the last epoch only, so pruner {pruner_name(spec.pruner)} is not used"
+            if spec.base_config().train.eval_refine_estimate > 0:
+                extra = f"; pruning on {spec.metrics[0]}_estimate, a cheap estimate before the last epoch"
+            else:
+                extra = (f"; note: {spec.metrics[0]} exists after the last epoch only, so pruner {pruner_name(spec.pruner)} "
+                         "is not used (set eval_refine_estimate: 10 under fixed to prune on a cheap estimate)")
         spread = ""
         if args.jobs > 1 and worker_device(requested, 1, n_cuda) != requested:
             spread = f" spread over {min(args.jobs, n_cuda)} GPUs (worker i on cuda:(i mod {n_cuda}))"

@@ -206,14 +206,19 @@ class Evaluator:
         samples = model.generate(self.y, self.n_samples, generator=gen, **self._draw_options(model))
         return evaluate_samples(self.problem, samples, self.y, self.solutions, self.truth, weights=self.weights)
 
-    def refined(self, model: CVAE, steps: int, oversample: int) -> dict[str, float]:
+    def refined(self, model: CVAE, steps: int, oversample: int, conditions: int | None = None) -> dict[str, float]:
         """The same metrics for the refined pipeline (`generate --refine steps --oversample K`), prefixed
-        refined_: what a study needs when the model is meant as a source of starting points."""
+        refined_: what a study needs when the model is meant as a source of starting points. With
+        `conditions`, on the first that many only (a cheap estimate)."""
         if len(self.y) == 0 or self.n_samples < 1 or steps < 1:
             return {}
-        x = generate_samples(model, self.y, self.n_samples, seed=self.seed, refine_steps=steps, oversample=oversample,
-                             problem=self.problem, **self._draw_options(model))
-        m = evaluate_samples(self.problem, x, self.y, self.solutions, self.truth, weights=self.weights)
+        n = len(self.y) if conditions is None else max(1, min(conditions, len(self.y)))
+        x = generate_samples(model, self.y[:n], self.n_samples, seed=self.seed, refine_steps=steps,
+                             oversample=oversample, problem=self.problem, **self._draw_options(model))
+        m = evaluate_samples(
+            self.problem, x, self.y[:n], None if self.solutions is None else self.solutions[:n], self.truth[:n],
+            weights=None if self.weights is None else self.weights[:n],
+        )
         return {f"refined_{k}": v for k, v in m.items() if k not in ("n_conditions", "samples_per_condition")}
 
 
@@ -232,8 +237,7 @@ def validation_loss(model: CVAE, problem: Problem, val: Pairs, tc: TrainConfig, 
     try:
         for i in range(0, len(val), batch):
             xb, yb = val.x[i : i + batch], val.y[i : i + batch]
-            with torch.no_grad():  # no graph; the physics part is reported even when w_y is 0
-                _, parts = loss_terms(model, problem, xb, yb, tc, beta)
+            _, parts = loss_terms(model, problem, xb, yb, tc, beta)  # no_grad: physics reported even when w_y is 0
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * len(xb)
     finally:
@@ -343,6 +347,9 @@ def train(
         metrics.update(evaluator(model))
         if tc.eval_refine > 0 and epoch + 1 == tc.epochs:
             metrics.update(evaluator.refined(model, tc.eval_refine, max(1, tc.eval_oversample)))
+        elif tc.eval_refine > 0 and tc.eval_refine_estimate > 0:
+            estimate = evaluator.refined(model, tc.eval_refine, 2, conditions=tc.eval_refine_estimate)
+            metrics.update({f"{k}_estimate": v for k, v in estimate.items()})
         metrics["epoch_seconds"] = train_seconds
         metrics["eval_seconds"] = time.perf_counter() - t0 - train_seconds
         result.history.append(metrics)

@@ -275,3 +275,19 @@ def test_samples_plots_only_for_trials_that_enter_the_best_k(tmp_path):
     assert expected.count(False) >= 1  # the seeded draw has at least one trial that is not a new best
     plots = list((tmp_path / "storage" / "artifacts").rglob("*"))
     assert sum(1 for p in plots if p.is_file()) == expected.count(True) + 1  # the plots and the best's checkpoint
+
+
+def test_a_refined_objective_is_pruned_on_its_cheap_estimate(tmp_path):
+    """With eval_refine_estimate, every epoch before the last reports a refined estimate on a few
+    conditions, and the pruner acts on it."""
+    fixed = {"latent": 4, "hidden": 32, "channels": [8], "kernels": [5], "eval_conditions": 10, "eval_samples": 3,
+             "eval_refine": 10, "eval_oversample": 2, "eval_refine_estimate": 4, "head": "line", "w_y": 0.0}
+    f = write_study(tmp_path / "est.yaml", name="est", fixed=fixed,
+                    objective={"metric": "refined_mode_recall", "direction": "maximize"},
+                    pruner={"name": "threshold", "args": {"lower": 1.1, "n_warmup_steps": 0}})  # prunes any value
+    r = cli("run", "--study", f, "--trials", 2, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "pruning on refined_mode_recall_estimate" in r.stdout
+    trials = study_of(tmp_path, "est").trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.PRUNED] * 2
+    assert all(list(t.intermediate_values) == [1] and 0 <= t.intermediate_values[1] <= 1 for t in trials)
