@@ -53,13 +53,9 @@ def best_so_far(db: Path, study: str) -> list[tuple[float, float]]:
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
     try:
         rows = con.execute(
-            "SELECT t.datetime_start, t.datetime_complete, v.value FROM trials t JOIN studies s USING (study_id) "
+            "SELECT t.datetime_start, t.datetime_complete, v.value, t.state FROM trials t JOIN studies s USING (study_id) "
             "LEFT JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 "
             "WHERE s.study_name = ? ORDER BY t.trial_id", (study,)
-        ).fetchall()
-        states = con.execute(
-            "SELECT t.state FROM trials t JOIN studies s USING (study_id) WHERE s.study_name = ? ORDER BY t.trial_id",
-            (study,)
         ).fetchall()
     except sqlite3.OperationalError:  # the schema is not written yet
         return []
@@ -71,7 +67,7 @@ def best_so_far(db: Path, study: str) -> list[tuple[float, float]]:
 
     t0 = min(datetime.fromisoformat(r[0]) for r in rows if r[0])
     out = [((datetime.fromisoformat(r[1]) - t0).total_seconds(), float(r[2]))
-           for r, (state,) in zip(rows, states) if state == "COMPLETE" and r[1] and r[2] is not None]
+           for r in rows if r[3] == "COMPLETE" and r[1] and r[2] is not None]
     return sorted(out)
 
 

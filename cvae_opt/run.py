@@ -201,14 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     seed = args.seed if args.seed is not None else spec.sampler["args"].get("seed")
     sampler = make_sampler(spec.sampler, None if seed is None else seed + worker, args.n_startup_trials)
     pruner = make_pruner(spec.pruner)
-    requested = str(args.device or spec.fixed.get("device", spec.fixed.get("train.device", "auto")))
+    requested = args.device or spec.base_config().train.device
     resolve_device(requested)  # a device this machine lacks is one error line, before any trial
     n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
     device = worker_device(requested, worker, n_cuda)
-    objective = Objective(
-        spec, Overrides(args.epochs, args.train_size, device if device != requested else args.device, args.seed),
-        artifact_store(args.artifacts),
-    )
+    objective = Objective(spec, Overrides(args.epochs, args.train_size, device, args.seed), artifact_store(args.artifacts))
     storage = open_storage(args.storage, heartbeat=args.heartbeat)
     if threading.current_thread() is threading.main_thread():
         _interruptible()

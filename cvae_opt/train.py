@@ -326,7 +326,7 @@ def train(
             now = ~torch.isfinite(loss.detach()) & (first_bad < 0)
             first_bad = torch.where(now, step, first_bad)
             first_value = torch.where(now, loss.detach(), first_value)
-            finite = torch.stack([torch.isfinite(v.detach()).all() for k, v in parts.items() if k != "loss"])
+            finite = torch.isfinite(torch.stack([v.detach() for k, v in parts.items() if k != "loss"]))  # one op
             first_parts = finite if first_parts is None else torch.where(now, finite, first_parts)
             opt.zero_grad(set_to_none=True)
             loss.backward()
