@@ -35,11 +35,12 @@ def thread_scaling(study: str, jobs: int, train_size: int) -> tuple[float, float
 
     from cvae_opt.problems import resolve_problem
     from cvae_opt.studies import load_study
-    from cvae_opt.train import load_data, train
+    from cvae_opt.data import load_data
+    from cvae_opt.train import train
 
     cfg = load_study(study).base_config()
     cfg.data.train_size, cfg.train.epochs, cfg.train.eval_conditions = train_size, 1, 0
-    data = load_data(cfg, resolve_problem(cfg.data.problem))
+    data = load_data(cfg.data, resolve_problem(cfg.data.problem))
     before = torch.get_num_threads()
     times: dict[int, list[float]] = {1: [], jobs: []}
     try:

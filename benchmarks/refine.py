@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_line  # noqa: E402
 from cvae_opt.checkpoints import load_checkpoint  # noqa: E402
 from cvae_opt.data import load_pairs, resolve_data_path, sample_lines  # noqa: E402
-from cvae_opt.generate import generate_samples  # noqa: E402
+from cvae_opt.refine import generate_samples  # noqa: E402
 from cvae_opt.metrics import enumerate_solutions, evaluate_samples  # noqa: E402
 from cvae_opt.problems import TWO_BIRDS  # noqa: E402
 from cvae_opt.refine import refine, select_diverse  # noqa: E402

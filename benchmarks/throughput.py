@@ -31,7 +31,8 @@ from cvae_opt.config import Config  # noqa: E402
 from cvae_opt.data import draw_pairs, make_pairs  # noqa: E402
 from cvae_opt.models import build_model  # noqa: E402
 from cvae_opt.problems import resolve_problem  # noqa: E402
-from cvae_opt.train import loss_terms, resolve_device, train  # noqa: E402
+from cvae_opt.devices import resolve_device  # noqa: E402
+from cvae_opt.train import loss_terms, train  # noqa: E402
 
 MODELS = {
     "seed-size cvae_re (studies/baselines/seed_recipe.yaml)": "studies/baselines/seed_recipe.yaml",

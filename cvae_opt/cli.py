@@ -1,13 +1,22 @@
-"""What every command-line entry point shares: one error line and exit 2 for bad input, 130 on Ctrl-C."""
+"""What the command-line tools share: one error line and exit 2 for bad input, 130 on Ctrl-C, and the
+options several commands take (a study in a storage, the sampling pipeline). Commands import this
+module, never each other."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import warnings
-from typing import Callable
+from typing import Any, Callable
 
+import optuna
+
+from .config import DRAWS, REFINE_METHODS
 from .errors import UserError
+from .models import CVAE
+from .problems import Problem, supports_forward_mode
+from .storage import DEFAULT_STORAGE, load_existing_study, open_storage
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -31,7 +40,61 @@ def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | N
 
 def quiet_libraries() -> None:
     """Optuna's experimental-feature warnings and per-trial INFO lines drown our own progress output."""
-    import optuna
-
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def add_study_args(ap: argparse.ArgumentParser) -> None:
+    """--study and --storage, as every command that reads an existing study takes them."""
+    ap.add_argument("--study", required=True, help="study name in the storage")
+    ap.add_argument("--storage", default=DEFAULT_STORAGE, help=f"SQLAlchemy URL (default {DEFAULT_STORAGE})")
+
+
+def study_from_args(args: argparse.Namespace) -> optuna.Study:
+    """The existing study that --study and --storage name (one error line if there is none)."""
+    return load_existing_study(open_storage(args.storage), args.study, args.storage)
+
+
+def add_sampling_args(ap: argparse.ArgumentParser) -> None:
+    """The sampling pipeline's options, the same for every command that draws samples."""
+    ap.add_argument("--refine", type=int, default=0, metavar="STEPS",
+                    help="iterations fitting each sample's end points to its y (inside the box, slopes kept); 0 = raw. "
+                    "About 40 for lm, 600 for adam")
+    ap.add_argument("--refine-method", choices=REFINE_METHODS, default="lm",
+                    help="lm: Levenberg-Marquardt (default, fewer and better iterations); adam: gradient steps")
+    ap.add_argument("--refine-lr", type=float, default=0.2, help="initial Adam step size (adam only; cosine decay)")
+    ap.add_argument("--oversample", type=int, default=1, metavar="K",
+                    help="draw K times the samples, (refine,) keep those that fit, farthest apart; 1 = off")
+    ap.add_argument("--draw", choices=DRAWS, default="posterior",
+                    help="posterior (default): hypotheses drawn by the model's weights r(c|y), for uncertainty; "
+                    "coverage: every distinct hypothesis first, heaviest first, then repeats, for 'show me every "
+                    "model that fits' (categorical and mixed latents)")
+    ap.add_argument("--temperature", type=float, default=1.0, metavar="T",
+                    help="draw hypotheses by weight^T renormalised: 1 = the posterior, 0 = every hypothesis "
+                    "alike (categorical and mixed latents)")
+
+
+def sampling_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Checked keyword arguments of `refine.generate_samples` from the options of `add_sampling_args`
+    (bad values are refused before any checkpoint is read)."""
+    if args.refine < 0 or args.oversample < 1:
+        raise UserError("--refine must be >= 0 and --oversample >= 1")
+    if args.temperature < 0:
+        raise UserError(f"--temperature must be >= 0, got {args.temperature}")
+    return {"refine_steps": args.refine, "refine_method": args.refine_method, "refine_lr": args.refine_lr,
+            "oversample": args.oversample, "draw": args.draw, "temperature": args.temperature}
+
+
+def check_sampling(model: CVAE, problem: Problem, options: dict[str, Any]) -> None:
+    """What a model and problem allow: a Gaussian latent has only its posterior, and LM refinement needs
+    forward-mode differentiation through the problem."""
+    if not model.cfg.has_components and (options["draw"] != "posterior" or options["temperature"] != 1.0):
+        raise UserError(
+            f"--draw {options['draw']} --temperature {options['temperature']:g}: this model has a Gaussian latent, "
+            "which has only its posterior; coverage draws and temperatures need model.latent_type categorical or mixed"
+        )
+    if options["refine_steps"] and options["refine_method"] == "lm" and not supports_forward_mode(problem):
+        raise UserError(
+            f"problem {problem.name!r} does not support forward-mode differentiation, which LM refinement needs; "
+            "use --refine-method adam"
+        )

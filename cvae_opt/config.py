@@ -1,13 +1,16 @@
 """The complete description of one training run: data, model and training settings.
 
 A trial, an exported best config and a retrain all go through `Config`, so retraining from an exported
-file runs the same code as the trial that found it. `Config.from_dict` refuses unknown keys and wrong
-types with the key path, so a typo in a YAML file is one clear line, not a silent default.
+file runs the same code as the trial that found it. `Config.from_dict` refuses unknown keys, wrong types
+and impossible values (a misspelt choice, a negative epoch count) with the key path, so a mistake in a
+YAML file is one clear line at load time, not a failure in every trial. This module needs no torch:
+reading a study or config file checks it completely without building a network.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,23 @@ from typing import Any
 import yaml
 
 from .errors import UserError
-from .models import ModelConfig
+from .files import read_yaml
+
+DEFAULT_CACHE_DIR = "storage/data"  # synthetic training pairs, keyed by what the problem computes
+
+# the choices of the string-valued settings; models.py builds what these name
+ARCHS = ("cvae", "cvae_re")
+HEADS = ("signal", "line")
+LATENT_TYPES = ("gaussian", "categorical", "mixed")
+RECOGNITIONS = ("encoder", "exact")
+DECODER_SCALES = ("fixed", "learnt")
+COMPONENT_PRIORS = ("uniform", "learnt")
+ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "silu", "tanh")
+DRAWS = ("posterior", "coverage")
+REFINE_METHODS = ("lm", "adam")
+LR_SCHEDULES = ("constant", "cosine")
+PHYSICS_REDUCE = ("mean", "min")
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 @dataclass
@@ -27,8 +46,73 @@ class DataConfig:
     noise: float = 0.0  # std of Gaussian noise added to synthetic y
     train_file: str | None = None  # challenge-format file instead of synthetic training pairs
     val_file: str | None = None
-    cache_dir: str = "storage/data"
+    cache_dir: str = DEFAULT_CACHE_DIR
     fresh: bool = False  # draw train_size new pairs from the prior every epoch, on the training device
+
+    def validate(self, where: str = "data") -> None:
+        _at_least(self, where, train_size=1, val_size=1, noise=0.0)
+        if self.train_file and self.fresh:
+            raise UserError(f"{where}.fresh draws new training pairs from the prior every epoch: drop "
+                            f"{where}.train_file or set fresh: false")
+        if not self.problem or (":" not in self.problem and not self.problem.isidentifier()):
+            raise UserError(f"{where}.problem: {self.problem!r} is neither a built-in name nor 'package.module:callable'")
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "cvae_re"
+    latent: int = 16
+    channels: list[int] = field(default_factory=lambda: [32, 64])  # one entry per conv layer
+    kernels: list[int] = field(default_factory=lambda: [16, 8])
+    hidden: int = 256  # encoder and decoder MLP width
+    prior_hidden: int = 128  # prior network width (cvae_re)
+    prior_depth: int = 2
+    activation: str = "relu"
+    batch_norm: bool = False
+    head: str = "line"
+    latent_type: str = "gaussian"  # gaussian | categorical | mixed
+    components: int = 32  # K, for categorical and mixed latents
+    component_prior: str = "learnt"  # cvae only: uniform | learnt (y-independent logits)
+    decoder_depth: int = 2  # hidden layers of the decoder MLP
+    # q(c | x, y) of component latents: `encoder` (a network, the CVAE's recognition encoder) or `exact`
+    # (the model's own posterior over its K hypotheses, r(c|y) exp(-w_x recon_c / beta) renormalised,
+    # which makes the bound tight; a mixed latent keeps the encoder for its Gaussian part)
+    recognition: str = "encoder"
+    # the reconstruction's noise scale: `fixed` (the loss is a plain mean squared error) or `learnt` (one
+    # learnt sigma: the loss is the Gaussian negative log-likelihood 0.5 * (mse / sigma^2 + log sigma^2),
+    # so the assignment of x to hypotheses starts soft and sharpens as the fit improves)
+    decoder_scale: str = "fixed"
+
+    @property
+    def has_components(self) -> bool:
+        return self.latent_type in ("categorical", "mixed")
+
+    @property
+    def has_gaussian(self) -> bool:
+        return self.latent_type in ("gaussian", "mixed")
+
+    def validate(self, where: str = "model", n_points: int | None = None) -> None:
+        """Every value a network can be built from; with `n_points`, also that the convolutions fit."""
+        _one_of(self, where, arch=ARCHS, head=HEADS, activation=ACTIVATIONS, latent_type=LATENT_TYPES,
+                component_prior=COMPONENT_PRIORS, recognition=RECOGNITIONS, decoder_scale=DECODER_SCALES)
+        _at_least(self, where, latent=1, hidden=1, prior_hidden=1, prior_depth=1, decoder_depth=1)
+        if len(self.channels) != len(self.kernels) or not self.channels:
+            raise UserError(f"{where}.channels {self.channels} and {where}.kernels {self.kernels} must be non-empty "
+                            "and of one length")
+        if min(self.channels) < 1 or min(self.kernels) < 1:
+            raise UserError(f"{where}.channels {self.channels} and {where}.kernels {self.kernels} must be positive")
+        if self.has_components and self.components < 2:
+            raise UserError(f"{where}.components: {self.components}; a {self.latent_type} latent needs at least 2")
+        if n_points is not None and conv_length(n_points, self.kernels) < 1:
+            raise UserError(
+                f"{where}.kernels {self.kernels} shrink {n_points} points to {conv_length(n_points, self.kernels)}; "
+                f"their sizes minus one must add up to less than {n_points}"
+            )
+
+
+def conv_length(n_points: int, kernels: list[int]) -> int:
+    """Sequence length after unpadded convolutions."""
+    return n_points - sum(k - 1 for k in kernels)
 
 
 @dataclass
@@ -64,6 +148,17 @@ class TrainConfig:
     # conditions, oversample 2), so that studies with a refined_* objective can be pruned; 0 = off
     eval_refine_estimate: int = 0
 
+    def validate(self, where: str = "train") -> None:
+        _one_of(self, where, lr_schedule=LR_SCHEDULES, physics_reduce=PHYSICS_REDUCE, eval_draw=DRAWS)
+        _at_least(self, where, epochs=1, batch_size=1, eval_samples=1, eval_oversample=1, eval_conditions=0,
+                  kl_warmup=0, physics_samples=0, eval_refine=0, eval_refine_estimate=0, weight_decay=0.0,
+                  beta=0.0, free_bits=0.0, w_x=0.0, w_y=0.0, physics_temperature=0.0, grad_clip=0.0,
+                  eval_temperature=0.0)
+        if not self.lr > 0:
+            raise UserError(f"{where}.lr: {self.lr!r}; the learning rate must be > 0")
+        if not DEVICE_PATTERN.match(self.device):
+            raise UserError(f"{where}.device: unknown device {self.device!r}; use auto, cpu, cuda or cuda:N")
+
 
 @dataclass
 class Config:
@@ -76,28 +171,43 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "config") -> "Config":
-        return _build(cls, d, where)
+        """Build and check a config; every mistake is one UserError naming its key path."""
+        cfg = _build(cls, d, where)
+        cfg.validate(where)
+        return cfg
+
+    def validate(self, where: str = "config") -> None:
+        self.data.validate(f"{where}.data")
+        self.model.validate(f"{where}.model")
+        self.train.validate(f"{where}.train")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
     def from_yaml_file(cls, path: Path | str) -> "Config":
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"{path}: no such config file")
-        try:
-            d = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise UserError(f"{path}: malformed YAML{at}: {getattr(exc, 'problem', exc)}") from None
+        d = read_yaml(path, "config file")
         if isinstance(d, dict) and "config" in d and isinstance(d["config"], dict):
             d = d["config"]  # exported files may wrap the config with provenance
         return cls.from_dict(d, where=str(path))
 
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+def _one_of(obj: Any, where: str, **choices: tuple[str, ...]) -> None:
+    for name, allowed in choices.items():
+        value = getattr(obj, name)
+        if value not in allowed:
+            raise UserError(f"{where}.{name}: unknown {value!r}; use one of {', '.join(allowed)}")
+
+
+def _at_least(obj: Any, where: str, **lows: float) -> None:
+    for name, low in lows.items():
+        value = getattr(obj, name)
+        if not value >= low:  # also refuses NaN
+            what = "a positive integer" if low == 1 and isinstance(low, int) else f">= {low:g}"
+            raise UserError(f"{where}.{name}: {value!r}; it must be {what}")
 
 
 def _coerce(value: Any, typ: str, where: str) -> Any:
@@ -134,7 +244,7 @@ def _coerce(value: Any, typ: str, where: str) -> Any:
             if not isinstance(value, (list, tuple)):
                 raise ValueError
             return [_coerce(v, "int", f"{where}[{i}]") for i, v in enumerate(value)]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise UserError(f"{where}: {value!r} is not a valid {base}") from None
     raise AssertionError(f"unhandled field type {typ}")
 
@@ -156,13 +266,3 @@ def _build(cls: type, d: Any, where: str) -> Any:
         else:
             kwargs[name] = _coerce(value, str(f.type), f"{where}.{name}")
     return cls(**kwargs)
-
-
-def replace_path(cfg: Config, dotted: str, value: Any) -> Config:
-    """A copy of cfg with one 'section.key' set (and type-checked), for command-line overrides."""
-    section, _, key = dotted.partition(".")
-    d = cfg.to_dict()
-    if section not in d or key not in d[section]:
-        raise UserError(f"unknown config key {dotted!r}")
-    d[section][key] = value
-    return Config.from_dict(d)

@@ -7,19 +7,20 @@ TensorDataset is allowed through: a hostile file is refused before any of its co
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from .config import DEFAULT_CACHE_DIR, DataConfig
 from .errors import UserError
 from .files import atomic_write
-from .problems import Problem, ends_from_unit, line_points, problem_key
-
-DEFAULT_CACHE = Path("storage") / "data"
+from .problems import Problem, ends_from_unit, line_points
 CHALLENGE_DIR = Path(__file__).resolve().parent / "challenge_data"  # shipped with the package
 CHALLENGE_FILES = {
     "two_birds:scoring": "scoring_dataset.pt",
@@ -80,17 +81,35 @@ def draw_pairs(problem: Problem, n: int, generator: torch.Generator, noise: floa
     return Pairs(x, y)
 
 
+def problem_fingerprint(problem: Problem) -> str:
+    """What a problem computes, as a short hash: its declared shape and prior, and its forward values
+    (to 9 significant digits) on a fixed batch of prior draws. Cached data keyed by it is never reused
+    after a user edits their forward function, even under the same name."""
+    x = sample_lines(problem, 16, torch.Generator().manual_seed(20_211_116)).double()
+    with torch.no_grad():
+        y = problem(x).double().cpu().numpy()
+    h = hashlib.sha256(repr((problem.n_points, problem.k, problem.box, problem.slopes)).encode())
+    h.update(" ".join(np.format_float_scientific(v, precision=8) for v in y.ravel()).encode())
+    return h.hexdigest()[:16]
+
+
+def cache_file(problem: Problem, n: int, seed: int, noise: float, cache_dir: Path | str) -> Path:
+    """Where `make_pairs` keeps its pairs: named by the problem, keyed by what it computes."""
+    name = "".join(c if c.isalnum() or c in "-_" else "_" for c in problem.name)
+    return Path(cache_dir) / f"{name}-{problem_fingerprint(problem)}-n{n}-seed{seed}-noise{noise:g}.pt"
+
+
 def make_pairs(
     problem: Problem,
     n: int,
     seed: int,
     noise: float = 0.0,
-    cache_dir: Path | str | None = DEFAULT_CACHE,
+    cache_dir: Path | str | None = DEFAULT_CACHE_DIR,
 ) -> Pairs:
-    """Seeded synthetic pairs, cached by problem, size, seed and noise level (None: no cache)."""
+    """Seeded synthetic pairs, cached by what the problem computes, size, seed and noise (None: no cache)."""
     path = None
     if cache_dir is not None:
-        path = Path(cache_dir) / f"{problem_key(problem)}-n{n}-seed{seed}-noise{noise:g}.pt"
+        path = cache_file(problem, n, seed, noise, cache_dir)
         if path.exists():
             return load_pairs(path, problem)
     gen = torch.Generator().manual_seed(seed)
@@ -103,6 +122,29 @@ def make_pairs(
     if path is not None:
         save_pairs(path, pairs)
     return pairs
+
+
+def load_training(d: DataConfig, problem: Problem) -> Pairs:
+    """The training pairs a data config names: a file, else seeded synthetic draws (with `fresh`, the
+    first epoch's draw: training replaces them every epoch, so they are not cached)."""
+    if d.train_file:
+        return load_pairs(d.train_file, problem)
+    if d.fresh:
+        return draw_pairs(problem, d.train_size, torch.Generator().manual_seed(d.seed), d.noise)
+    return make_pairs(problem, d.train_size, d.seed, d.noise, d.cache_dir)
+
+
+def load_validation(d: DataConfig, problem: Problem) -> Pairs:
+    """The validation pairs: a file, else synthetic draws from a different seed than training, so the
+    two never overlap."""
+    if d.val_file:
+        return load_pairs(d.val_file, problem)
+    return make_pairs(problem, d.val_size, d.seed + 1_000_003, d.noise, d.cache_dir)
+
+
+def load_data(d: DataConfig, problem: Problem) -> tuple[Pairs, Pairs]:
+    """Training and validation pairs as a data config says."""
+    return load_training(d, problem), load_validation(d, problem)
 
 
 def save_pairs(path: Path | str, pairs: Pairs) -> Path:

@@ -11,54 +11,9 @@ import argparse
 import json
 import sys
 
-import torch
-
 from .cli import run_main
-from .data import Pairs, load_pairs
-from .errors import UserError
-from .metrics import can_enumerate, enumerate_solutions, evaluate_samples
-from .problems import Problem, resolve_problem
-
-
-def group_by_condition(pairs: Pairs, where: str = "submission") -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, P, 2), (N, P, k) -> samples (M, S, P, 2), y (M, P, k); every y must have the same S."""
-    flat = pairs.y.flatten(1)
-    uniq, inverse = torch.unique(flat, dim=0, return_inverse=True)
-    first = torch.full((len(uniq),), len(flat), dtype=torch.long).scatter_reduce(
-        0, inverse, torch.arange(len(flat)), reduce="amin"
-    )
-    order = torch.argsort(first)
-    counts = torch.bincount(inverse, minlength=len(uniq))[order]
-    if counts.min() != counts.max():
-        raise UserError(
-            f"{where}: the given y have different numbers of samples ({int(counts.min())} to {int(counts.max())}); "
-            "expected the same number of generated x for every given y"
-        )
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(len(order))
-    group = rank[inverse]
-    idx = torch.argsort(group, stable=True)
-    m, s = len(uniq), int(counts[0])
-    return pairs.x[idx].view(m, s, *pairs.x.shape[1:]), pairs.y[idx].view(m, s, *pairs.y.shape[1:])[:, 0]
-
-
-def match_truth(y: torch.Tensor, truth: Pairs, where: str, tol: float = 1e-4) -> torch.Tensor:
-    """The true x of each given y, looked up in a (true x, y) file by its y."""
-    d = torch.cdist(y.flatten(1).double(), truth.y.flatten(1).double(), p=float("inf"))
-    best, j = d.min(dim=1)
-    if (best > tol).any():
-        i = int(torch.nonzero(best > tol)[0])
-        raise UserError(f"{where}: has no x for given y number {i + 1} of the submission (closest differs by {float(best[i]):.3g})")
-    return truth.x[j]
-
-
-def evaluate_file(submission: str, problem: Problem, truth_file: str | None = None) -> dict[str, float | str]:
-    samples, y = group_by_condition(load_pairs(submission, problem), submission)
-    truth = match_truth(y, load_pairs(truth_file, problem), truth_file) if truth_file else None
-    solutions = enumerate_solutions(problem, y) if can_enumerate(problem) else None
-    out: dict[str, float | str] = {"submission": submission, "problem": problem.name}
-    out.update(evaluate_samples(problem, samples, y, solutions, truth))
-    return out
+from .problems import resolve_problem
+from .submissions import evaluate_file
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,7 +33,7 @@ import math
 import numpy as np
 import torch
 
-from .problems import Problem
+from .problems import Problem, line_ends, line_fit, line_points, sample_misfit
 
 VALID_MISFIT = 0.05
 VALID_R2 = 0.99
@@ -44,20 +44,6 @@ SCORE_DISTANCE_SCALE = 0.1
 
 def can_enumerate(problem: Problem) -> bool:
     return problem.cosines is not None and len(problem.cosines) >= 2
-
-
-def _line_fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """R^2 and slope per channel of (..., P, 2) against an even grid."""
-    p = x.shape[-2]
-    t = np.linspace(0.0, 1.0, p)
-    tc = t - t.mean()
-    xm = x.mean(axis=-2, keepdims=True)
-    slope = (tc[:, None] * (x - xm)).sum(axis=-2) / (tc**2).sum()
-    fit = xm + slope[..., None, :] * tc[:, None]
-    ss_res = ((x - fit) ** 2).sum(axis=-2)
-    ss_tot = ((x - xm) ** 2).sum(axis=-2)
-    r2 = np.where(ss_tot > 1e-12, 1.0 - ss_res / np.maximum(ss_tot, 1e-12), np.where(ss_res < 1e-10, 1.0, 0.0))
-    return r2, slope
 
 
 def enumerate_solutions(
@@ -153,9 +139,8 @@ def _enumerate_one(y, terms, a, b, A_inv, lo, hi, t, slopes, accept_rmse, screen
 
 
 def _lines(e: np.ndarray, t: np.ndarray) -> np.ndarray:
-    x0 = e[:, 0:1] + (e[:, 1:2] - e[:, 0:1]) * t
-    x1 = e[:, 2:3] + (e[:, 3:4] - e[:, 2:3]) * t
-    return np.stack([x0, x1], axis=-1)
+    """End points (N, 4) -> lines (N, P, 2) on the grid t: `problems.line_points` on arrays."""
+    return line_points(torch.from_numpy(np.ascontiguousarray(e, dtype=np.float64)), len(t)).numpy()
 
 
 def _jacobian(e: np.ndarray, terms: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -201,7 +186,7 @@ def mode_weights(problem: Problem, solutions: list[np.ndarray]) -> list[np.ndarr
         if len(sols) == 0:
             out.append(np.zeros(0))
             continue
-        e = np.stack([sols[:, 0, 0], sols[:, -1, 0], sols[:, 0, 1], sols[:, -1, 1]], axis=-1)  # (n, 4)
+        e = line_ends(torch.from_numpy(sols)).numpy()  # (n, 4)
         J = _jacobian(e, terms, t)[1]
         _, logdet = np.linalg.slogdet(J.transpose(0, 2, 1) @ J)
         log_prior = np.zeros(len(e))
@@ -253,11 +238,9 @@ def evaluate_samples(
     samples = torch.as_tensor(samples).detach().double().cpu()
     y = torch.as_tensor(y).detach().double().cpu()
     m, s = samples.shape[:2]
-    with torch.no_grad():
-        resid = (problem(samples) - y.unsqueeze(1)).numpy()
+    misfit_s = sample_misfit(problem, samples, y).numpy()  # (M, S)
     xs = samples.numpy()
-    misfit_s = np.sqrt((resid**2).mean(axis=(-1, -2)))  # (M, S)
-    r2, slope = _line_fit(xs)  # (M, S, 2)
+    r2, slope, _ = (v.numpy() for v in line_fit(samples))  # (M, S, 2)
     signs_ok = np.ones((m, s), dtype=bool)
     for c, sign in enumerate(problem.slopes):
         if sign < 0:
@@ -289,7 +272,7 @@ def evaluate_samples(
 
     out: dict[str, float] = {
         "score": score,
-        "misfit_rmse": float(np.sqrt((resid**2).mean())),
+        "misfit_rmse": float(np.sqrt((misfit_s**2).mean())),  # pooled over every value: samples are of one size
         "r2": float(r2.mean()),
         "slope_signs": float(signs_ok.mean()),
         "valid_fraction": float(valid.mean()),

@@ -26,21 +26,13 @@ box and correctly sloped by construction.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 from torch import nn
 
-from .errors import UserError
+from .config import ACTIVATIONS as ACTIVATION_NAMES
+from .config import DRAWS, ModelConfig, conv_length
 from .problems import Problem, ends_from_unit, line_points
 
-ARCHS = ("cvae", "cvae_re")
-HEADS = ("signal", "line")
-LATENT_TYPES = ("gaussian", "categorical", "mixed")
-RECOGNITIONS = ("encoder", "exact")
-DECODER_SCALES = ("fixed", "learnt")
-COMPONENT_PRIORS = ("uniform", "learnt")
-DRAWS = ("posterior", "coverage")
 ACTIVATIONS = {
     "relu": nn.ReLU,
     "leaky_relu": lambda: nn.LeakyReLU(0.01),
@@ -49,79 +41,8 @@ ACTIVATIONS = {
     "silu": nn.SiLU,
     "tanh": nn.Tanh,
 }
+assert tuple(ACTIVATIONS) == ACTIVATION_NAMES, "config.ACTIVATIONS names what models.ACTIVATIONS builds"
 LOGVAR_MIN, LOGVAR_MAX = -12.0, 8.0
-
-
-@dataclass
-class ModelConfig:
-    arch: str = "cvae_re"
-    latent: int = 16
-    channels: list[int] = field(default_factory=lambda: [32, 64])  # one entry per conv layer
-    kernels: list[int] = field(default_factory=lambda: [16, 8])
-    hidden: int = 256  # encoder and decoder MLP width
-    prior_hidden: int = 128  # prior network width (cvae_re)
-    prior_depth: int = 2
-    activation: str = "relu"
-    batch_norm: bool = False
-    head: str = "line"
-    latent_type: str = "gaussian"  # gaussian | categorical | mixed
-    components: int = 32  # K, for categorical and mixed latents
-    component_prior: str = "learnt"  # cvae only: uniform | learnt (y-independent logits)
-    decoder_depth: int = 2  # hidden layers of the decoder MLP
-    # q(c | x, y) of component latents: `encoder` (a network, the CVAE's recognition encoder) or `exact`
-    # (the model's own posterior over its K hypotheses, r(c|y) exp(-w_x recon_c / beta) renormalised,
-    # which makes the bound tight; a mixed latent keeps the encoder for its Gaussian part)
-    recognition: str = "encoder"
-    # the reconstruction's noise scale: `fixed` (the loss is a plain mean squared error) or `learnt` (one
-    # learnt sigma: the loss is the Gaussian negative log-likelihood 0.5 * (mse / sigma^2 + log sigma^2),
-    # so the assignment of x to hypotheses starts soft and sharpens as the fit improves)
-    decoder_scale: str = "fixed"
-
-    @property
-    def has_components(self) -> bool:
-        return self.latent_type in ("categorical", "mixed")
-
-    @property
-    def has_gaussian(self) -> bool:
-        return self.latent_type in ("gaussian", "mixed")
-
-    def validate(self, n_points: int = 50) -> None:
-        if self.arch not in ARCHS:
-            raise UserError(f"model.arch: unknown architecture {self.arch!r}; use one of {list(ARCHS)}")
-        if self.head not in HEADS:
-            raise UserError(f"model.head: unknown decoder head {self.head!r}; use one of {list(HEADS)}")
-        if self.activation not in ACTIVATIONS:
-            raise UserError(f"model.activation: unknown {self.activation!r}; use one of {sorted(ACTIVATIONS)}")
-        if len(self.channels) != len(self.kernels) or not self.channels:
-            raise UserError(
-                f"model.channels {self.channels} and model.kernels {self.kernels} must be non-empty and of one length"
-            )
-        if min(self.channels) < 1 or min(self.kernels) < 1 or self.latent < 1 or self.hidden < 1:
-            raise UserError("model: latent, hidden, channels and kernels must be positive")
-        if self.latent_type not in LATENT_TYPES:
-            raise UserError(f"model.latent_type: unknown {self.latent_type!r}; use one of {list(LATENT_TYPES)}")
-        if self.has_components and self.components < 2:
-            raise UserError(f"model.components: {self.components}; a {self.latent_type} latent needs at least 2")
-        if self.component_prior not in COMPONENT_PRIORS:
-            raise UserError(
-                f"model.component_prior: unknown {self.component_prior!r}; use one of {list(COMPONENT_PRIORS)}"
-            )
-        if self.recognition not in RECOGNITIONS:
-            raise UserError(f"model.recognition: unknown {self.recognition!r}; use one of {list(RECOGNITIONS)}")
-        if self.decoder_scale not in DECODER_SCALES:
-            raise UserError(f"model.decoder_scale: unknown {self.decoder_scale!r}; use one of {list(DECODER_SCALES)}")
-        if self.decoder_depth < 1:
-            raise UserError(f"model.decoder_depth: {self.decoder_depth}; use 1 or more hidden layers")
-        if conv_length(n_points, self.kernels) < 1:
-            raise UserError(
-                f"model.kernels {self.kernels} shrink {n_points} points to {conv_length(n_points, self.kernels)}; "
-                f"their sizes minus one must add up to less than {n_points}"
-            )
-
-
-def conv_length(n_points: int, kernels: list[int]) -> int:
-    """Sequence length after unpadded convolutions."""
-    return n_points - sum(k - 1 for k in kernels)
 
 
 def _mlp(sizes: list[int], act: str, batch_norm: bool) -> nn.Sequential:
@@ -443,7 +364,7 @@ class CVAE(nn.Module):
 
 def build_model(cfg: ModelConfig, problem: Problem) -> CVAE:
     """The one place a config becomes a network: trials, retraining and loading a checkpoint all call it."""
-    cfg.validate(problem.n_points)
+    cfg.validate(n_points=problem.n_points)
     return CVAE(cfg, problem)
 
 

@@ -20,13 +20,15 @@ from optuna.artifacts import upload_artifact
 
 from .checkpoints import save_checkpoint
 from .config import Config
-from .data import Pairs
+from .data import Pairs, load_data
 from .errors import NonFiniteLoss, UserError
+from .evaluation import check_refined_metrics
 from .metrics import can_enumerate
 from .plots import samples_figure, save_figure
 from .problems import resolve_problem
-from .studies import CONFIG_PATHS, METRICS, PLOT_BEST_DEFAULT, StudySpec
-from .train import load_data, train
+from .studies import METRICS, PLOT_BEST_DEFAULT, StudySpec, apply_params
+from .train import train
+from .trials import beats, keep_best_checkpoints, ranked
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -43,7 +45,7 @@ def suggest_config(trial: optuna.trial.BaseTrial, spec: StudySpec, base: Config 
     """Sample every parameter whose condition holds, in file order, and apply it to the base config."""
     values: dict[str, Any] = {}
     for p in spec.search:
-        if any(values.get(other, _MISSING) not in allowed for other, allowed in p.condition.items()):
+        if not p.active(values):
             continue
         if p.type == "float":
             v = trial.suggest_float(p.name, p.low, p.high, log=p.log, step=p.step)
@@ -53,26 +55,6 @@ def suggest_config(trial: optuna.trial.BaseTrial, spec: StudySpec, base: Config 
             v = trial.suggest_categorical(p.name, p.choices)
         values[p.name] = v
     return apply_params(base or spec.base_config(), values)
-
-
-_MISSING = object()
-
-
-def apply_params(base: Config, values: dict[str, Any]) -> Config:
-    d = base.to_dict()
-    model = d["model"]
-    depth = int(values.get("conv_depth", len(model["channels"])))
-    if any(k in values for k in ("conv_channels", "conv_depth", "kernel_size")):
-        c = int(values.get("conv_channels", model["channels"][0]))
-        k = int(values.get("kernel_size", model["kernels"][0]))
-        model["channels"] = [c * 2**i for i in range(depth)]
-        model["kernels"] = [max(2, k // 2**i) for i in range(depth)]
-    for name, v in values.items():
-        if name in ("conv_channels", "conv_depth", "kernel_size"):
-            continue
-        section, _, key = CONFIG_PATHS[name].partition(".")
-        d[section][key] = v
-    return Config.from_dict(d)
 
 
 @dataclass
@@ -120,13 +102,15 @@ class Objective:
                     "does not have; use score, misfit_rmse or diversity"
                 )
         # load (or draw) the data now: a bad data file is refused before the storage is touched
-        self.data_for(self.overrides.apply(spec.base_config()))
+        base = self.overrides.apply(spec.base_config())
+        check_refined_metrics(base.train, problem)
+        self.data_for(base)
 
     def data_for(self, cfg: Config) -> tuple[Pairs, Pairs]:
         """Data loaded once per process and data config, not once per trial."""
         key = tuple(sorted(cfg.to_dict()["data"].items()))
         if key not in self._data:
-            self._data[key] = load_data(cfg, resolve_problem(cfg.data.problem))
+            self._data[key] = load_data(cfg.data, resolve_problem(cfg.data.problem))
         return self._data[key]
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
@@ -198,37 +182,15 @@ class Objective:
                 aid = upload_artifact(artifact_store=self.artifacts, file_path=str(f), study_or_trial=trial, mimetype="image/png")
                 trial.set_user_attr("samples_artifact", aid)
         if self.checkpoints and self.keep_best and not self.spec.multi_objective:
-            self._drop_beyond_top_k(trial.study)
-
-    def _ranked(self, study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-        done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        return sorted(done, key=lambda t: t.value, reverse=study.direction == optuna.study.StudyDirection.MAXIMIZE)
+            keep_best_checkpoints(trial.study, self.artifacts, self.keep_best)
 
     def _in_top_k(self, trial: optuna.Trial, values: list[float], k: int | None) -> bool:
         """Whether the finishing trial ranks among the best k complete trials (always, without a k or
         with several objectives)."""
         if not k or self.spec.multi_objective:
             return True
-        ranked = self._ranked(trial.study)
-        if len(ranked) < k:
-            return True
-        kth = ranked[k - 1].value
-        return values[0] > kth if trial.study.direction == optuna.study.StudyDirection.MAXIMIZE else values[0] < kth
-
-    def _drop_beyond_top_k(self, study: optuna.Study) -> None:
-        """Remove checkpoint files of trials that fell out of the best k (their samples plots stay)."""
-        removed = set(study.user_attrs.get("removed_checkpoints", []))
-        newly = []
-        for t in self._ranked(study)[self.keep_best :]:
-            aid = t.user_attrs.get("checkpoint_artifact")
-            if aid and aid not in removed:
-                try:
-                    self.artifacts.remove(aid)
-                except Exception:
-                    pass
-                newly.append(aid)
-        if newly:
-            study.set_user_attr("removed_checkpoints", sorted(removed | set(newly)))
+        best = ranked(trial.study)
+        return len(best) < k or beats(trial.study, values[0], best[k - 1].value)
 
 
 def record(trial: optuna.Trial, metrics: dict[str, float]) -> None:

@@ -11,12 +11,12 @@ import sys
 from pathlib import Path
 
 from .checkpoints import load_checkpoint
-from .cli import run_main
+from .cli import add_sampling_args, check_sampling, run_main, sampling_options
 from .data import load_pairs
 from .errors import UserError
-from .generate import add_refine_args, check_draw, generate_samples, refine_options
 from .plots import samples_figure, save_figure
 from .problems import resolve_problem
+from .refine import generate_samples
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,14 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=4, help="how many given y (rows), default 4")
     ap.add_argument("--samples", type=int, default=30, help="samples per y, default 30")
     ap.add_argument("--seed", type=int, default=0)
-    add_refine_args(ap)
+    add_sampling_args(ap)
     args = ap.parse_args(argv)
     if args.n < 1 or args.samples < 1:
         raise UserError("--n and --samples must be positive")
-    options = refine_options(args)
+    options = sampling_options(args)
     model, cfg, _ = load_checkpoint(args.checkpoint)
-    check_draw(model, options)
     problem = resolve_problem(cfg.data.problem)
+    check_sampling(model, problem, options)
     cond = load_pairs(args.conditions, problem)
     y = cond.y[: args.n]
     samples = generate_samples(model, y, args.samples, seed=args.seed, problem=problem, **options)

@@ -139,9 +139,22 @@ def resolve_problem(spec: str | Problem) -> Problem:
     return Problem(name=spec, forward=obj, k=k)
 
 
-def problem_key(problem: Problem) -> str:
-    """A file-name-safe key, for caches."""
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in problem.name)
+def supports_forward_mode(problem: Problem) -> bool:
+    """Whether forward-mode differentiation (`torch.func.jvp`) runs through the problem, as
+    Levenberg-Marquardt refinement needs; a custom autograd.Function without a jvp does not."""
+    x = line_points(torch.tensor([[0.9, 0.2, 0.2, 0.9]], dtype=torch.float64), problem.n_points)
+    try:
+        torch.func.jvp(problem, (x,), (torch.ones_like(x),))
+    except (RuntimeError, NotImplementedError):
+        return False
+    return True
+
+
+def sample_misfit(problem: Problem, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The RMS misfit of each sample x (M, S, P, 2) to its given y (M, P, k): (M, S), float64, on x's
+    device, without gradient. Metrics, refinement and the diverse selection all judge fit by it."""
+    with torch.no_grad():
+        return ((problem(x.double()) - y.double().to(x.device).unsqueeze(1)) ** 2).mean(dim=(-1, -2)).sqrt()
 
 
 def line_points(ends: torch.Tensor, n_points: int) -> torch.Tensor:
@@ -197,3 +210,28 @@ def unit_from_ends(ends: torch.Tensor, box: tuple[float, float], slopes: tuple[i
         out += [a, b]
     return torch.stack(out, dim=-1).clamp(0.0, 1.0)
 
+
+
+def line_fit(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The least-squares straight line through each channel of samples x (..., P, 2) on an even grid:
+    R^2 (..., 2) (1 = straight; a flat channel counts as straight when it is constant), slope (..., 2)
+    over the whole line, and end points (..., 4) = (x0 start, x0 end, x1 start, x1 end)."""
+    p = x.shape[-2]
+    t = torch.linspace(0.0, 1.0, p, dtype=x.dtype, device=x.device)
+    tc = (t - t.mean()).unsqueeze(-1)
+    mean = x.mean(dim=-2, keepdim=True)
+    slope = (tc * (x - mean)).sum(dim=-2) / (tc**2).sum()
+    fit = mean + slope.unsqueeze(-2) * tc
+    ss_res = ((x - fit) ** 2).sum(dim=-2)
+    ss_tot = ((x - mean) ** 2).sum(dim=-2)
+    flat = torch.where(ss_res < 1e-10, 1.0, 0.0).to(x.dtype)
+    r2 = torch.where(ss_tot > 1e-12, 1.0 - ss_res / ss_tot.clamp_min(1e-12), flat)
+    start = mean.squeeze(-2) - slope * t.mean()
+    end = start + slope
+    ends = torch.stack([start[..., 0], end[..., 0], start[..., 1], end[..., 1]], dim=-1)
+    return r2, slope, ends
+
+
+def line_ends(x: torch.Tensor) -> torch.Tensor:
+    """End points (..., 4) of the least-squares lines through samples (..., P, 2): see `line_fit`."""
+    return line_fit(x)[2]

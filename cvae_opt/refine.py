@@ -23,24 +23,10 @@ from __future__ import annotations
 
 import torch
 
-from .errors import UserError
-from .models import CVAE
-from .problems import Problem, ends_from_unit, line_points, unit_from_ends
-
-
-def line_ends(x: torch.Tensor) -> torch.Tensor:
-    """Least-squares line end points (..., 4) = (x0 start, x0 end, x1 start, x1 end) of samples (..., P, 2)."""
-    p = x.shape[-2]
-    t = torch.linspace(0.0, 1.0, p, dtype=x.dtype, device=x.device)
-    tc = t - t.mean()
-    mean = x.mean(dim=-2)
-    slope = (tc.unsqueeze(-1) * (x - mean.unsqueeze(-2))).sum(dim=-2) / (tc**2).sum()
-    start = mean - slope * t.mean()
-    end = start + slope
-    return torch.stack([start[..., 0], end[..., 0], start[..., 1], end[..., 1]], dim=-1)
-
-
-METHODS = ("lm", "adam")
+from .config import REFINE_METHODS
+from .data import Pairs
+from .models import CVAE, repeat_rows
+from .problems import Problem, ends_from_unit, line_ends, line_points, sample_misfit, unit_from_ends
 
 
 def generate_samples(
@@ -67,6 +53,13 @@ def generate_samples(
     return x.cpu()
 
 
+def generate_pairs(model: CVAE, y: torch.Tensor, n: int, seed: int = 0, batch: int = 8192, **options) -> Pairs:
+    """`generate_samples` in the challenge's submission layout: rows ordered y by y, n rows each,
+    each row (generated x, its given y)."""
+    x = generate_samples(model, y, n, seed=seed, batch=batch, **options)  # (M, n, P, 2)
+    return Pairs(x.reshape(-1, *x.shape[2:]), repeat_rows(y.cpu(), n).contiguous())
+
+
 def refine(
     problem: Problem, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float = 0.2, batch: int = 32768,
     continuation: float = 0.5, method: str = "lm",
@@ -74,14 +67,14 @@ def refine(
     """Refine samples x (M, S, P, 2) towards y (M, P, k); returns straight, in-box, correctly sloped
     lines (M, S, P, 2). Every sample is its own least-squares problem; they are solved in batches.
     `steps` is the number of LM iterations or Adam steps; `lr` is Adam's initial step size."""
-    if method not in METHODS:
-        raise ValueError(f"unknown refinement method {method!r}; use one of {', '.join(METHODS)}")
+    if method not in REFINE_METHODS:
+        raise ValueError(f"unknown refinement method {method!r}; use one of {', '.join(REFINE_METHODS)}")
     if steps <= 0:
         return x
     m, s, p, _ = x.shape
     out = torch.empty_like(x)
     flat_x = x.reshape(m * s, p, 2)
-    flat_y = y.unsqueeze(1).expand(m, s, *y.shape[1:]).reshape(m * s, *y.shape[1:])
+    flat_y = repeat_rows(y, s)
     eps = 1e-4
     solve = _levenberg_marquardt if method == "lm" else _adam
     for i in range(0, m * s, batch):
@@ -136,14 +129,7 @@ def _levenberg_marquardt(
 
         cols = []
         for j in range(d):
-            try:
-                r, col = torch.func.jvp(f, (theta,), (basis[j],))
-            except (RuntimeError, NotImplementedError) as exc:  # e.g. a custom autograd.Function without jvp
-                raise UserError(
-                    f"problem {problem.name!r} does not support forward-mode differentiation, which LM refinement "
-                    f"needs ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                    "use --refine-method adam"
-                ) from None
+            r, col = torch.func.jvp(f, (theta,), (basis[j],))  # callers check `supports_forward_mode` first
             cols.append(col)
         jac = torch.stack(cols, dim=-1)  # (n, residuals, d)
         grad = (jac * r.unsqueeze(-1)).sum(1)
@@ -170,7 +156,7 @@ def select_diverse(
     m, s = x.shape[:2]
     n = min(n, s)
     with torch.no_grad():
-        misfit = ((problem(x.double()) - y.double().to(x.device).unsqueeze(1)) ** 2).mean(dim=(-1, -2)).sqrt()  # (M, S)
+        misfit = sample_misfit(problem, x, y)  # (M, S)
         # every group at once, n steps of tensor ops on the samples' device (no per-sample sync): sort each
         # group by misfit so that argmax's first-index tie-break prefers the better fit
         order = torch.argsort(misfit, dim=1, stable=True)

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import warnings
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -23,12 +24,13 @@ import optuna
 import torch
 
 from .cli import EXIT_INTERRUPTED, run_main
+from .devices import resolve_device, worker_device
 from .errors import NonFiniteLoss, UserError
 from .objective import ArtifactError, Objective, Overrides
 from .sampling import make_pruner, make_sampler, pruner_name
 from .storage import DEFAULT_ARTIFACTS, DEFAULT_STORAGE, HEARTBEAT_SECONDS, artifact_store, mask_url, open_storage
 from .studies import StudySpec, load_study
-from .train import resolve_device, worker_device
+from .trials import best_trial_or_none, keep_best_checkpoints
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
 
@@ -96,13 +98,6 @@ def _counts(study: optuna.Study) -> dict[str, int]:
     return out
 
 
-def _best(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    try:
-        return study.best_trial
-    except ValueError:
-        return None
-
-
 def _fmt_elapsed(seconds: float) -> str:
     return str(timedelta(seconds=int(seconds)))
 
@@ -129,7 +124,7 @@ class Progress:
         if self.spec.multi_objective:
             best = f"{len(study.best_trials)} on the Pareto front"
         else:
-            b = _best(study)
+            b = best_trial_or_none(study)
             best = f"best {b.value:.4g} (trial {b.number})" if b else "no complete trial yet"
         elapsed = time.perf_counter() - self.t0
         eta = f", ETA {_fmt_elapsed(elapsed / max(done, 1) * max(self.total - done, 0))}" if 0 < done < self.total else ""
@@ -155,7 +150,7 @@ def summary(study: optuna.Study, spec: StudySpec, url: str, artifacts: str, star
         for t in front[:10]:
             lines.append(f"    trial {t.number}: " + ", ".join(f"{m} {v:.4g}" for m, v in zip(spec.metrics, t.values)))
     else:
-        b = _best(study)
+        b = best_trial_or_none(study)
         if b is None:
             lines.append("  no complete trial yet")
         else:
@@ -190,102 +185,131 @@ def _interruptible() -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser().parse_args(argv)
+@dataclass
+class Worker:
+    """One worker process's share of a run: its study set-up, built and checked before the storage is
+    opened (a bad study file, device or data file then touches nothing)."""
+
+    args: argparse.Namespace
+    argv: list[str]
+    spec: StudySpec
+    study_name: str
+    index: int
+    sampler: optuna.samplers.BaseSampler
+    pruner: optuna.pruners.BasePruner
+    requested_device: str
+    n_cuda: int
+    objective: Objective
+
+    @property
+    def lead(self) -> bool:
+        """Worker 0 records the study's attributes, starts the others and prints the summary."""
+        return self.index == 0
+
+
+def prepare(args: argparse.Namespace, argv: list[str]) -> Worker:
     _check_args(args)
     spec = load_study(args.study)
     _apply_cli(spec, args)
-    study_name = args.study_name or spec.name
-    worker = args.worker_index
+    index = args.worker_index
     seed = args.seed if args.seed is not None else spec.sampler["args"].get("seed")
-    sampler = make_sampler(spec.sampler, None if seed is None else seed + worker, args.n_startup_trials)
+    sampler = make_sampler(spec.sampler, None if seed is None else seed + index, args.n_startup_trials)
     pruner = make_pruner(spec.pruner)
     requested = args.device or spec.base_config().train.device
     resolve_device(requested)  # a device this machine lacks is one error line, before any trial
     n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    device = worker_device(requested, worker, n_cuda)
+    device = worker_device(requested, index, n_cuda)
     objective = Objective(spec, Overrides(args.epochs, args.train_size, device, args.seed), artifact_store(args.artifacts))
-    storage = open_storage(args.storage, heartbeat=args.heartbeat)
-    if threading.current_thread() is threading.main_thread():
-        _interruptible()
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported on the progress line
-    directions = spec.directions
+    return Worker(args, argv, spec, args.study_name or spec.name, index, sampler, pruner, requested, n_cuda, objective)
+
+
+def open_study(w: Worker) -> optuna.Study:
+    """Create or resume the study; one that was created for other directions or metrics is refused."""
+    storage = open_storage(w.args.storage, heartbeat=w.args.heartbeat)
+    url = mask_url(w.args.storage)
     try:
-        study = optuna.create_study(
-            study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
-            directions=directions, load_if_exists=True,
-        )
+        study = optuna.create_study(study_name=w.study_name, storage=storage, sampler=w.sampler, pruner=w.pruner,
+                                    directions=w.spec.directions, load_if_exists=True)
     except ValueError as exc:
-        raise UserError(f"study {study_name!r}: {exc}") from None
-    if [d.name.lower() for d in study.directions] != directions:
+        raise UserError(f"study {w.study_name!r}: {exc}") from None
+    if [d.name.lower() for d in study.directions] != w.spec.directions:
         raise UserError(
-            f"study {study_name!r} in {mask_url(args.storage)} was created with directions "
-            f"{[d.name.lower() for d in study.directions]}, this study file asks for {directions}; "
-            "use another --study-name"
+            f"study {w.study_name!r} in {url} was created with directions {[d.name.lower() for d in study.directions]}, "
+            f"this study file asks for {w.spec.directions}; use another --study-name"
         )
-    if study.metric_names is not None and list(study.metric_names) != list(spec.metrics):
+    if study.metric_names is not None and list(study.metric_names) != list(w.spec.metrics):
         raise UserError(
-            f"study {study_name!r} in {mask_url(args.storage)} was created for metrics {list(study.metric_names)}, "
-            f"this study file asks for {list(spec.metrics)}; use another --study-name"
+            f"study {w.study_name!r} in {url} was created for metrics {list(study.metric_names)}, "
+            f"this study file asks for {list(w.spec.metrics)}; use another --study-name"
         )
-    if worker == 0:
-        # the dashboard, the report and the optuna CLI then name the values (score...), not "Objective 0"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(list(spec.metrics))
-        study.set_user_attr("study_file", spec.text)
-        study.set_user_attr("study_path", spec.path)
-        study.set_user_attr("metrics", spec.metrics)
-        study.set_user_attr("storage", mask_url(args.storage))
-        study.set_user_attr("artifacts", args.artifacts)
-        launches = list(study.user_attrs.get("launch_commands", []))
-        study.set_user_attr("launch_commands", launches + [_masked_argv(argv, args.storage)])
-        study.set_user_attr("launch_command", _masked_argv(argv, args.storage))
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.jobs))
-    quiet = args.quiet or worker > 0
-    start = _counts(study)
-    if worker == 0 and not quiet:
-        extra = ""
-        if spec.multi_objective and spec.pruner is not None:
-            extra = f"; note: Optuna does not prune multi-objective trials, so pruner {pruner_name(spec.pruner)} is not used"
-        elif spec.metrics[0].startswith("refined_") and spec.pruner is not None:
-            if spec.base_config().train.eval_refine_estimate > 0:
-                extra = f"; pruning on {spec.metrics[0]}_estimate, a cheap estimate before the last epoch"
-            else:
-                extra = (f"; note: {spec.metrics[0]} exists after the last epoch only, so pruner {pruner_name(spec.pruner)} "
-                         "is not used (set eval_refine_estimate: 10 under fixed to prune on a cheap estimate)")
-        spread = ""
-        if args.jobs > 1 and worker_device(requested, 1, n_cuda) != requested:
-            spread = f" spread over {min(args.jobs, n_cuda)} GPUs (worker i on cuda:(i mod {n_cuda}))"
-        print(
-            f"study {study_name!r} ({spec.path}) in {mask_url(args.storage)}: {start['finished']} trials so far; "
-            f"adding {args.trials} with {type(sampler).__name__}, pruner {pruner_name(None if spec.multi_objective else spec.pruner)}, "
-            f"{args.jobs} worker(s){spread}{extra}",
-            flush=True,
-        )
-    children: list[subprocess.Popen] = []
-    if worker == 0 and args.jobs > 1:
-        for i in range(1, args.jobs):
-            if _share(args.trials, args.jobs, i) == 0:
-                continue
-            cmd = [sys.executable, "-m", "cvae_opt.run", *argv, "--worker-index", str(i)]
+    return study
+
+
+def record_launch(study: optuna.Study, w: Worker) -> None:
+    """What the dashboard, report and export read back: metric names, the study file, where its
+    artifacts are and every command that launched it (passwords masked)."""
+    with warnings.catch_warnings():  # the dashboard then names the values (score...), not "Objective 0"
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(list(w.spec.metrics))
+    command = _masked_argv(w.argv, w.args.storage)
+    study.set_user_attr("study_file", w.spec.text)
+    study.set_user_attr("study_path", w.spec.path)
+    study.set_user_attr("metrics", w.spec.metrics)
+    study.set_user_attr("storage", mask_url(w.args.storage))
+    study.set_user_attr("artifacts", w.args.artifacts)
+    study.set_user_attr("launch_commands", list(study.user_attrs.get("launch_commands", [])) + [command])
+    study.set_user_attr("launch_command", command)
+
+
+def announce(study: optuna.Study, w: Worker, finished: int) -> None:
+    """The start-up line: what is added to which study, how, and why a pruner may not be used."""
+    spec, args = w.spec, w.args
+    extra = ""
+    if spec.multi_objective and spec.pruner is not None:
+        extra = f"; note: Optuna does not prune multi-objective trials, so pruner {pruner_name(spec.pruner)} is not used"
+    elif spec.metrics[0].startswith("refined_") and spec.pruner is not None:
+        if spec.base_config().train.eval_refine_estimate > 0:
+            extra = f"; pruning on {spec.metrics[0]}_estimate, a cheap estimate before the last epoch"
+        else:
+            extra = (f"; note: {spec.metrics[0]} exists after the last epoch only, so pruner {pruner_name(spec.pruner)} "
+                     "is not used (set eval_refine_estimate: 10 under fixed to prune on a cheap estimate)")
+    spread = ""
+    if args.jobs > 1 and worker_device(w.requested_device, 1, w.n_cuda) != w.requested_device:
+        spread = f" spread over {min(args.jobs, w.n_cuda)} GPUs (worker i on cuda:(i mod {w.n_cuda}))"
+    print(
+        f"study {w.study_name!r} ({spec.path}) in {mask_url(args.storage)}: {finished} trials so far; "
+        f"adding {args.trials} with {type(w.sampler).__name__}, pruner {pruner_name(None if spec.multi_objective else spec.pruner)}, "
+        f"{args.jobs} worker(s){spread}{extra}",
+        flush=True,
+    )
+
+
+def start_workers(w: Worker) -> list[subprocess.Popen]:
+    """Workers 1..jobs-1 as processes running this same command on the same storage."""
+    children = []
+    for i in range(1, w.args.jobs):
+        if _share(w.args.trials, w.args.jobs, i) > 0:
+            cmd = [sys.executable, "-m", "cvae_opt.run", *w.argv, "--worker-index", str(i)]
             children.append(subprocess.Popen(cmd))
-    t0 = time.perf_counter()
-    interrupted = False
+    return children
+
+
+def optimize(study: optuna.Study, w: Worker, children: list[subprocess.Popen], start: dict[str, int], quiet: bool) -> bool:
+    """Run this worker's trials and wait for the others; returns whether it was interrupted (Ctrl-C or
+    SIGTERM: the running trial fails, the children get SIGINT and a minute to stop)."""
     try:
         study.optimize(
-            objective,
-            n_trials=_share(args.trials, args.jobs, worker),
-            timeout=args.timeout,
+            w.objective,
+            n_trials=_share(w.args.trials, w.args.jobs, w.index),
+            timeout=w.args.timeout,
             catch=(NonFiniteLoss, UserError, ArtifactError),
-            callbacks=[Progress(spec, args.trials, start["finished"], quiet)],
+            callbacks=[Progress(w.spec, w.args.trials, start["finished"], quiet)],
             gc_after_trial=False,
         )
         for ch in children:
             ch.wait()
+        return False
     except KeyboardInterrupt:
-        interrupted = True
         for ch in children:
             if ch.poll() is None:
                 ch.send_signal(signal.SIGINT)
@@ -294,21 +318,47 @@ def main(argv: list[str] | None = None) -> int:
                 ch.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 ch.kill()
-    if worker == 0:
-        print(summary(study, spec, args.storage, args.artifacts, start, time.perf_counter() - t0, interrupted), flush=True)
+        return True
+
+
+def report_failed_workers(children: list[subprocess.Popen], heartbeat: int) -> bool:
+    """One error line per worker that died; returns whether any did."""
     failed = [(i, ch) for i, ch in enumerate(children, 1) if ch.returncode not in (0, EXIT_INTERRUPTED, -signal.SIGINT)]
-    if interrupted:
-        return EXIT_INTERRUPTED
     for i, ch in failed:
         how = f"was killed by signal {-ch.returncode}" if ch.returncode < 0 else f"exited with status {ch.returncode}"
         print(
             f"error: worker {i} (pid {ch.pid}) {how}; finished trials are safe, a trial it left running is marked "
-            f"failed and re-queued {3 * args.heartbeat}s after its last heartbeat: run the same command again to finish it",
+            f"failed and re-queued {3 * heartbeat}s after its last heartbeat: run the same command again to finish it",
             file=sys.stderr,
         )
-    if failed:
-        return 1
-    return 0
+    return bool(failed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    w = prepare(parser().parse_args(argv), argv)
+    study = open_study(w)
+    if threading.current_thread() is threading.main_thread():
+        _interruptible()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported on the progress line
+    if w.lead:
+        record_launch(study, w)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // w.args.jobs))
+    quiet = w.args.quiet or not w.lead
+    start = _counts(study)
+    if w.lead and not quiet:
+        announce(study, w, start["finished"])
+    children = start_workers(w) if w.lead else []
+    t0 = time.perf_counter()
+    interrupted = optimize(study, w, children, start, quiet)
+    if w.lead and not interrupted and w.objective.keep_best and w.objective.checkpoints and not w.spec.multi_objective:
+        # the last trials to finish were not ranked by a later one: rank them now
+        keep_best_checkpoints(study, w.objective.artifacts, w.objective.keep_best)
+    if w.lead:
+        print(summary(study, w.spec, w.args.storage, w.args.artifacts, start, time.perf_counter() - t0, interrupted), flush=True)
+    if interrupted:
+        return EXIT_INTERRUPTED
+    return 1 if report_failed_workers(children, w.args.heartbeat) else 0
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import optuna
@@ -73,13 +72,3 @@ def load_existing_study(storage: optuna.storages.BaseStorage, name: str, url: st
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
         raise UserError(f"no study named {name!r} in {mask_url(url)}; studies there: {names or 'none'}") from None
-
-
-def add_study_args(ap: argparse.ArgumentParser) -> None:
-    """--study and --storage, as every command that reads an existing study takes them."""
-    ap.add_argument("--study", required=True, help="study name in the storage")
-    ap.add_argument("--storage", default=DEFAULT_STORAGE, help=f"SQLAlchemy URL (default {DEFAULT_STORAGE})")
-
-
-def study_from_args(args: argparse.Namespace) -> optuna.Study:
-    return load_existing_study(open_storage(args.storage), args.study, args.storage)

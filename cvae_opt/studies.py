@@ -26,11 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .config import Config, DataConfig, TrainConfig
+from .config import Config, DataConfig, ModelConfig, TrainConfig
 from .errors import UserError
-from .models import ModelConfig
+from .files import read_yaml
 
 
 def _studies_dir() -> Path:
@@ -84,6 +82,17 @@ class Param:
     step: float | None = None
     choices: list[Any] | None = None
     condition: dict[str, list[Any]] = field(default_factory=dict)
+
+    def active(self, values: dict[str, Any]) -> bool:
+        """Whether the parameter is searched, given the values of the parameters above it."""
+        return all(other in values and values[other] in allowed for other, allowed in self.condition.items())
+
+    def extremes(self) -> list[Any]:
+        """The values a study file's check tries: the range's ends, or every choice."""
+        if self.type == "categorical":
+            return list(self.choices or [])
+        cast = int if self.type == "int" else float
+        return [cast(self.low), cast(self.high)]
 
 
 @dataclass
@@ -218,12 +227,7 @@ def load_study(name_or_path: str) -> StudySpec:
     file = find_study_file(name_or_path)
     path = str(file)
     text = file.read_text()
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise UserError(f"{path}: malformed YAML{at}: {getattr(exc, 'problem', None) or exc}") from None
+    raw = read_yaml(file, "study file")
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping of study settings at the top level")
     extra = sorted(set(raw) - set(TOP_KEYS))
@@ -310,9 +314,41 @@ def load_study(name_or_path: str) -> StudySpec:
         pruner=named("pruner", True), fixed=fixed, search=list(params.values()), artifacts=artifacts,
         description=str(raw.get("description", "")),
     )
-    base = spec.base_config()  # type-checks data and fixed values now, not at the first trial
+    base = spec.base_config()  # checks data and fixed values now, not at the first trial
+    _check_search_values(spec, base)
     refined = [m for m in metrics if m.startswith("refined_")]
     if refined and base.train.eval_refine < 1:
         raise _err(path, "objective.metric", f"{refined[0]!r} is measured on refined samples: add "
                    "'eval_refine: 40' (LM iterations) under fixed")
     return spec
+
+
+def apply_params(base: Config, values: dict[str, Any]) -> Config:
+    """The config a set of parameter values gives: derived names build the per-layer lists, every other
+    name sets its config key; the result is checked like any loaded config."""
+    d = base.to_dict()
+    model = d["model"]
+    depth = int(values.get("conv_depth", len(model["channels"])))
+    if any(k in values for k in DERIVED):
+        c = int(values.get("conv_channels", model["channels"][0]))
+        k = int(values.get("kernel_size", model["kernels"][0]))
+        model["channels"] = [c * 2**i for i in range(depth)]
+        model["kernels"] = [max(2, k // 2**i) for i in range(depth)]
+    for name, v in values.items():
+        if name in DERIVED:
+            continue
+        section, _, key = CONFIG_PATHS[name].partition(".")
+        d[section][key] = v
+    return Config.from_dict(d)
+
+
+def _check_search_values(spec: StudySpec, base: Config) -> None:
+    """Every end of every range (and every choice) must give a valid config, with the parameters it is
+    conditioned on at their first allowed value: an impossible value is refused at load, not trial 37."""
+    for p in spec.search:
+        context = {other: allowed[0] for other, allowed in p.condition.items()}
+        for v in p.extremes():
+            try:
+                apply_params(base, {**context, p.name: v})
+            except UserError as exc:
+                raise _err(spec.path, f"search.{p.name}", f"the value {v!r} gives an invalid config: {exc}") from None

@@ -7,7 +7,6 @@ through the generation path (z from N(0, I) or r(z|y)), so it trains the path us
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -18,63 +17,14 @@ import torch
 import torch.nn.functional as F
 
 from .config import Config, TrainConfig
-from .data import Pairs, draw_pairs, load_pairs, make_pairs
-from .errors import NonFiniteLoss, UserError
-from .metrics import can_enumerate, enumerate_solutions, evaluate_samples, mode_weights
-from .models import CVAE, DRAWS, build_model, kl_categorical, kl_gaussians
+from .data import Pairs, draw_pairs, load_data
+from .devices import resolve_device
+from .errors import NonFiniteLoss
+from .evaluation import Evaluator
+from .models import CVAE, build_model, kl_categorical, kl_gaussians
 from .problems import Problem, resolve_problem
-from .refine import generate_samples
 
 EpochCallback = Callable[[int, dict[str, float]], None]
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """auto, cpu, cuda or cuda:N -> a device this machine has; anything else is one clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"device {name!r} asked for, but torch sees no CUDA device; use --device cpu or auto")
-        n = torch.cuda.device_count()
-        if device.index is not None and device.index >= n:
-            raise UserError(
-                f"device {name!r} asked for, but this machine has {n} CUDA device{'s' if n > 1 else ''} "
-                f"(cuda:0{f' to cuda:{n - 1}' if n > 1 else ''}); use one of those, or cuda / auto"
-            )
-    elif device.type != "cpu":
-        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
-    return device
-
-
-def worker_device(name: str, worker: int, n_cuda: int) -> str:
-    """The device of worker `worker` of a multi-process study: with several GPUs, `auto` and `cuda`
-    spread the workers over them (worker i on cuda:(i mod n)); an explicit device is kept."""
-    if name in ("auto", "cuda") and n_cuda > 1:
-        return f"cuda:{worker % n_cuda}"
-    return name
-
-
-def load_data(cfg: Config, problem: Problem) -> tuple[Pairs, Pairs]:
-    """Training and validation pairs as the config says: files if given, else seeded synthetic draws
-    (validation from a different seed, so it never overlaps training)."""
-    d = cfg.data
-    if d.train_file and d.fresh:
-        raise UserError("data.fresh draws new training pairs from the prior every epoch: drop data.train_file or set fresh: false")
-    if d.train_file:
-        train = load_pairs(d.train_file, problem)
-    elif d.fresh:  # replaced every epoch: no cache
-        train = draw_pairs(problem, d.train_size, torch.Generator().manual_seed(d.seed), d.noise)
-    else:
-        train = make_pairs(problem, d.train_size, d.seed, d.noise, d.cache_dir)
-    if d.val_file:
-        val = load_pairs(d.val_file, problem)
-    else:
-        val = make_pairs(problem, d.val_size, d.seed + 1_000_003, d.noise, d.cache_dir)
-    return train, val
 
 
 def loss_terms(
@@ -120,10 +70,8 @@ def loss_terms(
             per_sample = ((y_gen - y.unsqueeze(1)) ** 2).mean(dim=(-1, -2))  # (B, physics_samples)
             if tc.physics_reduce == "min":  # winner takes all: the other samples are free to cover other modes
                 parts["physics_gen"] = per_sample.min(dim=1).values.mean()
-            elif tc.physics_reduce == "mean":
-                parts["physics_gen"] = per_sample.mean()
             else:
-                raise UserError(f"train.physics_reduce: unknown {tc.physics_reduce!r}; use mean or min")
+                parts["physics_gen"] = per_sample.mean()
             physics = 0.5 * (physics + parts["physics_gen"])
     else:
         recon_c = nll(((out["x_all"] - x.unsqueeze(1)) ** 2).mean(dim=(-1, -2)))  # (B, K)
@@ -166,67 +114,6 @@ class TrainResult:
     @property
     def last(self) -> dict[str, float]:
         return self.history[-1] if self.history else {}
-
-
-_SOLUTIONS: dict[tuple[str, bytes], list] = {}
-
-
-def _solutions(problem: Problem, y: torch.Tensor) -> list:
-    """Exact solutions of the validation conditions, enumerated once per process, not once per trial."""
-    key = (problem.name, hashlib.sha1(y.detach().cpu().numpy().tobytes()).digest())
-    if key not in _SOLUTIONS:
-        if len(_SOLUTIONS) > 8:
-            _SOLUTIONS.clear()
-        _SOLUTIONS[key] = enumerate_solutions(problem, y)
-    return _SOLUTIONS[key]
-
-
-class Evaluator:
-    """Generation metrics on a fixed set of validation conditions, with the same latent draws every
-    epoch so the curve reflects the model, not the noise. Exact solutions are enumerated once."""
-
-    def __init__(
-        self, problem: Problem, val: Pairs, n_conditions: int, n_samples: int, seed: int,
-        draw: str = "posterior", temperature: float = 1.0,
-    ):
-        n = min(n_conditions, len(val))
-        self.draw, self.temperature = draw, temperature
-        self.problem = problem
-        self.y = val.y[:n]
-        self.truth = val.x[:n]
-        self.n_samples = n_samples
-        self.seed = seed
-        self.solutions = _solutions(problem, self.y) if can_enumerate(problem) and n else None
-        self.weights = mode_weights(problem, self.solutions) if self.solutions is not None else None
-
-    def __call__(self, model: CVAE) -> dict[str, float]:
-        if len(self.y) == 0 or self.n_samples < 1:
-            return {}
-        gen = torch.Generator().manual_seed(self.seed)
-        samples = model.generate(self.y, self.n_samples, generator=gen, **self._draw_options(model))
-        return evaluate_samples(self.problem, samples, self.y, self.solutions, self.truth, weights=self.weights)
-
-    def refined(self, model: CVAE, steps: int, oversample: int, conditions: int | None = None) -> dict[str, float]:
-        """The same metrics for the refined pipeline (`generate --refine steps --oversample K`), prefixed
-        refined_: what a study needs when the model is meant as a source of starting points. With
-        `conditions`, on the first that many only (a cheap estimate)."""
-        if len(self.y) == 0 or self.n_samples < 1 or steps < 1:
-            return {}
-        n = len(self.y) if conditions is None else max(1, min(conditions, len(self.y)))
-        x = generate_samples(model, self.y[:n], self.n_samples, seed=self.seed, refine_steps=steps,
-                             oversample=oversample, problem=self.problem, **self._draw_options(model))
-        m = evaluate_samples(
-            self.problem, x, self.y[:n], None if self.solutions is None else self.solutions[:n], self.truth[:n],
-            weights=None if self.weights is None else self.weights[:n],
-        )
-        return {f"refined_{k}": v for k, v in m.items() if k not in ("n_conditions", "samples_per_condition")}
-
-
-    def _draw_options(self, model: CVAE) -> dict:
-        """Gaussian latents have only their posterior: the study's draw option applies to component latents."""
-        if not model.cfg.has_components:
-            return {}
-        return {"draw": self.draw, "temperature": self.temperature}
 
 
 @torch.no_grad()
@@ -281,12 +168,13 @@ def train(
     NonFiniteLoss, naming the epoch, step and loss part, as soon as a loss turns NaN or inf.
     With `val_loss_every_epoch` False the validation loss (val_*) is computed after the last epoch
     only: a trial whose metric does not need it saves a pass over the validation pairs per epoch."""
+    cfg.validate()  # a config built in code gets the checks a loaded one had
     tc = cfg.train
     problem = resolve_problem(cfg.data.problem)
     device = resolve_device(tc.device)
     torch.manual_seed(tc.seed)
     np.random.seed(tc.seed % 2**32)
-    train_pairs, val_pairs = data if data is not None else load_data(cfg, problem)
+    train_pairs, val_pairs = data if data is not None else load_data(cfg.data, problem)
     train_pairs, val_pairs = train_pairs.to(device), val_pairs.to(device)
     model = build_model(cfg.model, problem).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
@@ -297,12 +185,7 @@ def train(
     sched = None
     if tc.lr_schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
-    elif tc.lr_schedule != "constant":
-        raise UserError(f"train.lr_schedule: unknown {tc.lr_schedule!r}; use constant or cosine")
-    if tc.eval_draw not in DRAWS:
-        raise UserError(f"train.eval_draw: unknown {tc.eval_draw!r}; use one of {', '.join(DRAWS)}")
-    evaluator = Evaluator(problem, val_pairs, tc.eval_conditions, tc.eval_samples, tc.seed + 7,
-                          tc.eval_draw, tc.eval_temperature)
+    evaluator = Evaluator.for_config(tc, problem, val_pairs)
     fresh = torch.Generator(device=device).manual_seed(cfg.data.seed + 1) if cfg.data.fresh else None
     gen = torch.Generator().manual_seed(tc.seed)
     result = TrainResult(model, problem)
@@ -344,12 +227,7 @@ def train(
         metrics.update({f"train_{k}": float(v) / steps_per_epoch for k, v in sums.items()})
         if val_loss_every_epoch or epoch + 1 == tc.epochs:
             metrics.update(validation_loss(model, problem, val_pairs, tc, tc.beta))
-        metrics.update(evaluator(model))
-        if tc.eval_refine > 0 and epoch + 1 == tc.epochs:
-            metrics.update(evaluator.refined(model, tc.eval_refine, max(1, tc.eval_oversample)))
-        elif tc.eval_refine > 0 and tc.eval_refine_estimate > 0:
-            estimate = evaluator.refined(model, tc.eval_refine, 2, conditions=tc.eval_refine_estimate)
-            metrics.update({f"{k}_estimate": v for k, v in estimate.items()})
+        metrics.update(evaluator.epoch(model, tc, last=epoch + 1 == tc.epochs))
         metrics["epoch_seconds"] = train_seconds
         metrics["eval_seconds"] = time.perf_counter() - t0 - train_seconds
         result.history.append(metrics)

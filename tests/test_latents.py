@@ -187,7 +187,10 @@ def test_bad_latent_settings_are_one_clear_error():
         mc = ModelConfig(**{key: value, "latent_type": "categorical"} if key != "latent_type" else {key: value})
         with pytest.raises(UserError, match=match):
             mc.validate()
-    cfg = cfg_for(eval_draw="everything")
+    with pytest.raises(UserError, match="config.train.eval_draw: unknown 'everything'"):
+        cfg_for(eval_draw="everything")  # refused when the config is read, before any training
+    cfg = cfg_for()
+    cfg.train.eval_draw = "everything"  # a config changed in code is checked when training starts
     with pytest.raises(UserError, match="train.eval_draw"):
         train(cfg)
 

@@ -121,7 +121,7 @@ def test_user_problem_with_one_condition_end_to_end(tmp_path, monkeypatch, py):
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     from cvae_opt.config import Config
-    from cvae_opt.generate import generate_pairs
+    from cvae_opt.refine import generate_pairs
     from cvae_opt.train import train
 
     cfg = Config.from_dict({

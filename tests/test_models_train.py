@@ -8,10 +8,11 @@ from cvae_opt.checkpoints import load_checkpoint, save_checkpoint
 from cvae_opt.config import Config
 from cvae_opt.data import Pairs, make_pairs
 from cvae_opt.errors import NonFiniteLoss, UserError
-from cvae_opt.generate import generate_pairs
+from cvae_opt.refine import generate_pairs
 from cvae_opt.models import ModelConfig, build_model, kl_gaussians
 from cvae_opt.problems import TWO_BIRDS
-from cvae_opt.train import loss_terms, resolve_device, train, validation_loss
+from cvae_opt.devices import resolve_device
+from cvae_opt.train import loss_terms, train, validation_loss
 
 
 def small_cfg(arch="cvae_re", head="line", **train):
@@ -182,7 +183,7 @@ def test_a_device_the_machine_lacks_is_refused(monkeypatch):
 
 
 def test_workers_spread_over_the_gpus():
-    from cvae_opt.train import worker_device
+    from cvae_opt.devices import worker_device
 
     assert [worker_device("auto", i, 3) for i in range(5)] == ["cuda:0", "cuda:1", "cuda:2", "cuda:0", "cuda:1"]
     assert [worker_device("cuda", i, 2) for i in range(3)] == ["cuda:0", "cuda:1", "cuda:0"]

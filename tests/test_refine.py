@@ -7,13 +7,14 @@ import pytest
 import torch
 
 from cvae_opt.checkpoints import save_checkpoint
-from cvae_opt.config import Config
+from cvae_opt.cli import check_sampling
+from cvae_opt.config import Config, ModelConfig
 from cvae_opt.data import load_pairs, sample_lines
+from cvae_opt.errors import UserError
 from cvae_opt.metrics import enumerate_solutions, evaluate_samples
 from cvae_opt.models import build_model
-from cvae_opt.errors import UserError
-from cvae_opt.problems import TWO_BIRDS, Problem
-from cvae_opt.refine import line_ends, refine, select_diverse
+from cvae_opt.problems import TWO_BIRDS, Problem, line_ends, sample_misfit, supports_forward_mode
+from cvae_opt.refine import refine, select_diverse
 
 
 def scoring(challenge):
@@ -147,12 +148,20 @@ class _BackwardOnlyCos(torch.autograd.Function):
         return -g * torch.sin(a)
 
 
-def test_lm_refinement_names_the_fix_when_a_problem_has_no_forward_mode(challenge):
+def test_lm_refinement_needs_forward_mode_and_the_commands_name_the_fix(challenge):
     p, _ = scoring(challenge)
     coef = torch.tensor([[49.0, 56.0], [42.0, 63.0]])
     problem = Problem("backward_only", lambda x: _BackwardOnlyCos.apply(x @ coef.to(x)), k=2)
+    assert supports_forward_mode(TWO_BIRDS) and not supports_forward_mode(problem)
     x = sample_lines(problem, 2 * 3, torch.Generator().manual_seed(0)).reshape(2, 3, 50, 2)
-    with pytest.raises(UserError, match="use --refine-method adam"):
+    with pytest.raises(RuntimeError):  # the numerical code says what torch says; the commands check first
         refine(problem, x, p.y[:2], steps=5)
-    out = refine(problem, x, p.y[:2], steps=5, method="adam")  # the fix works
+    model = build_model(ModelConfig(), problem)
+    options = {"draw": "posterior", "temperature": 1.0, "refine_steps": 5, "refine_method": "lm"}
+    with pytest.raises(UserError, match="use --refine-method adam"):
+        check_sampling(model, problem, options)
+    check_sampling(model, problem, {**options, "refine_method": "adam"})  # the fix is accepted
+    check_sampling(model, TWO_BIRDS, options)
+    out = refine(problem, x, p.y[:2], steps=5, method="adam")  # and works
     assert out.shape == x.shape and torch.isfinite(out).all()
+    assert sample_misfit(problem, out, p.y[:2]).mean() < sample_misfit(problem, x, p.y[:2]).mean()

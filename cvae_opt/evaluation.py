@@ -1,0 +1,104 @@
+"""The generation metrics a training run reports after each epoch, on fixed validation conditions.
+
+Raw samples every epoch; with `eval_refine`, the refined pipeline's metrics (refined_*) after the last
+epoch and, with `eval_refine_estimate`, a cheap estimate of them before it (refined_*_estimate), so a
+study on a refined metric can be pruned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from .config import TrainConfig
+from .data import Pairs
+from .metrics import can_enumerate, enumerate_solutions, evaluate_samples, mode_weights
+from .models import CVAE
+from .errors import UserError
+from .problems import Problem, supports_forward_mode
+from .refine import generate_samples
+
+_SOLUTIONS: dict[tuple[str, bytes], list] = {}
+
+
+def _solutions(problem: Problem, y: torch.Tensor) -> list:
+    """Exact solutions of the validation conditions, enumerated once per process, not once per trial."""
+    key = (problem.name, hashlib.sha1(y.detach().cpu().numpy().tobytes()).digest())
+    if key not in _SOLUTIONS:
+        if len(_SOLUTIONS) > 8:
+            _SOLUTIONS.clear()
+        _SOLUTIONS[key] = enumerate_solutions(problem, y)
+    return _SOLUTIONS[key]
+
+
+class Evaluator:
+    """Generation metrics on a fixed set of validation conditions, with the same latent draws every
+    epoch so the curve reflects the model, not the noise. Exact solutions are enumerated once."""
+
+    def __init__(
+        self, problem: Problem, val: Pairs, n_conditions: int, n_samples: int, seed: int,
+        draw: str = "posterior", temperature: float = 1.0,
+    ):
+        n = min(n_conditions, len(val))
+        self.draw, self.temperature = draw, temperature
+        self.problem = problem
+        self.y = val.y[:n]
+        self.truth = val.x[:n]
+        self.n_samples = n_samples
+        self.seed = seed
+        self.solutions = _solutions(problem, self.y) if can_enumerate(problem) and n else None
+        self.weights = mode_weights(problem, self.solutions) if self.solutions is not None else None
+
+    @classmethod
+    def for_config(cls, tc: TrainConfig, problem: Problem, val: Pairs) -> "Evaluator":
+        check_refined_metrics(tc, problem)
+        return cls(problem, val, tc.eval_conditions, tc.eval_samples, tc.seed + 7, tc.eval_draw, tc.eval_temperature)
+
+    def epoch(self, model: CVAE, tc: TrainConfig, last: bool) -> dict[str, float]:
+        """Everything a training run reports after an epoch besides its losses."""
+        out = self(model)
+        if tc.eval_refine > 0 and last:
+            out.update(self.refined(model, tc.eval_refine, tc.eval_oversample))
+        elif tc.eval_refine > 0 and tc.eval_refine_estimate > 0:
+            estimate = self.refined(model, tc.eval_refine, 2, conditions=tc.eval_refine_estimate)
+            out.update({f"{k}_estimate": v for k, v in estimate.items()})
+        return out
+
+    def __call__(self, model: CVAE) -> dict[str, float]:
+        if len(self.y) == 0 or self.n_samples < 1:
+            return {}
+        gen = torch.Generator().manual_seed(self.seed)
+        samples = model.generate(self.y, self.n_samples, generator=gen, **self._draw_options(model))
+        return evaluate_samples(self.problem, samples, self.y, self.solutions, self.truth, weights=self.weights)
+
+    def refined(self, model: CVAE, steps: int, oversample: int, conditions: int | None = None) -> dict[str, float]:
+        """The same metrics for the refined pipeline (`generate --refine steps --oversample K`), prefixed
+        refined_: what a study needs when the model is meant as a source of starting points. With
+        `conditions`, on the first that many only (a cheap estimate)."""
+        if len(self.y) == 0 or self.n_samples < 1 or steps < 1:
+            return {}
+        n = len(self.y) if conditions is None else max(1, min(conditions, len(self.y)))
+        x = generate_samples(model, self.y[:n], self.n_samples, seed=self.seed, refine_steps=steps,
+                             oversample=oversample, problem=self.problem, **self._draw_options(model))
+        m = evaluate_samples(
+            self.problem, x, self.y[:n], None if self.solutions is None else self.solutions[:n], self.truth[:n],
+            weights=None if self.weights is None else self.weights[:n],
+        )
+        return {f"refined_{k}": v for k, v in m.items() if k not in ("n_conditions", "samples_per_condition")}
+
+    def _draw_options(self, model: CVAE) -> dict:
+        """Gaussian latents have only their posterior: the study's draw option applies to component latents."""
+        if not model.cfg.has_components:
+            return {}
+        return {"draw": self.draw, "temperature": self.temperature}
+
+
+def check_refined_metrics(tc: TrainConfig, problem: Problem) -> None:
+    """The refined metrics run LM refinement, which needs forward-mode differentiation through the
+    problem: refuse a config that asks for them on a problem without it, before any training."""
+    if tc.eval_refine > 0 and not supports_forward_mode(problem):
+        raise UserError(
+            f"train.eval_refine: problem {problem.name!r} does not support forward-mode differentiation, which "
+            "the refined metrics' LM refinement needs; set eval_refine: 0"
+        )

@@ -1,0 +1,94 @@
+"""Reading a study's trials: the ranking of complete trials, the best one, and a trial's config as the
+YAML that `retrain` takes. The run, report, export and the objective's keep-best rule all rank here."""
+
+from __future__ import annotations
+
+import optuna
+import yaml
+from optuna.artifacts import FileSystemArtifactStore
+from optuna.artifacts.exceptions import ArtifactNotFound
+
+from .config import Config
+from .errors import UserError
+from .storage import mask_url
+
+COMPLETE = optuna.trial.TrialState.COMPLETE
+
+
+def ranked(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Complete trials, best first (single-objective studies)."""
+    done = study.get_trials(deepcopy=False, states=(COMPLETE,))
+    return sorted(done, key=lambda t: t.value, reverse=study.direction == optuna.study.StudyDirection.MAXIMIZE)
+
+
+def beats(study: optuna.Study, value: float, other: float) -> bool:
+    """Whether `value` is strictly better than `other` in the study's (single) direction."""
+    return value > other if study.direction == optuna.study.StudyDirection.MAXIMIZE else value < other
+
+
+def best_trial_or_none(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The best complete trial; for a multi-objective study, the Pareto-front trial best on the first
+    metric; None before any trial completes."""
+    if len(study.directions) == 1:
+        best = ranked(study)
+        return best[0] if best else None
+    front = study.best_trials
+    if not front:
+        return None
+    sign = 1 if study.directions[0] == optuna.study.StudyDirection.MINIMIZE else -1
+    return min(front, key=lambda t: sign * t.values[0])
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    """`best_trial_or_none`, for commands that need one: none yet is one error line."""
+    trial = best_trial_or_none(study)
+    if trial is None:
+        raise UserError(f"study {study.study_name!r} has no complete trial yet; run more trials first")
+    return trial
+
+
+def find_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
+    for t in study.get_trials(deepcopy=False):
+        if t.number == number:
+            return t
+    raise UserError(f"study {study.study_name!r} has no trial {number}")
+
+
+def trial_config(trial: optuna.trial.FrozenTrial) -> Config:
+    if "config" not in trial.user_attrs:
+        raise UserError(f"trial {trial.number} has no stored config (was it run by cvae_opt.run?)")
+    return Config.from_dict(trial.user_attrs["config"], where=f"trial {trial.number} config")
+
+
+def config_yaml(study: optuna.Study, trial: optuna.trial.FrozenTrial, storage_url: str) -> str:
+    """The trial's complete config with its provenance as comments: what `export` writes."""
+    cfg = trial_config(trial)
+    metrics = study.user_attrs.get("metrics", ["value"])
+    values = ", ".join(f"{m} = {v:.6g}" for m, v in zip(metrics, trial.values or []))
+    head = [
+        f"# Trial {trial.number} of study {study.study_name!r} in {mask_url(storage_url)}: {values or trial.state.name.lower()}.",
+        f"# Study launched with: {study.user_attrs.get('launch_command', '?')}",
+        "# Retrain from scratch with: python -m cvae_opt.retrain --config THIS_FILE",
+    ]
+    params = yaml.safe_dump({"searched_params": trial.params}, sort_keys=False).splitlines()
+    return "\n".join(head + ["# " + line for line in params]) + "\n" + cfg.to_yaml()
+
+
+def keep_best_checkpoints(study: optuna.Study, store: FileSystemArtifactStore, keep: int) -> int:
+    """Remove the stored checkpoints of complete trials outside the best `keep`, and of failed trials;
+    returns how many files went. Safe with many workers: it reads the trials and removes files, with no
+    shared record to update (a file another worker removed first is skipped), and a complete trial that
+    leaves the best `keep` never re-enters them, so nothing it removes is needed later. Running trials
+    are never touched."""
+    doomed = ranked(study)[keep:] + study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+    removed = 0
+    for t in doomed:
+        aid = t.user_attrs.get("checkpoint_artifact")
+        if not aid:
+            continue
+        try:
+            store.remove(aid)
+            removed += 1
+        except (FileNotFoundError, ArtifactNotFound):
+            pass  # removed earlier, by this worker or another
+    return removed
