@@ -189,7 +189,7 @@ class Config:
         d = read_yaml(path, "config file")
         if isinstance(d, dict) and "config" in d and isinstance(d["config"], dict):
             d = d["config"]  # exported files may wrap the config with provenance
-        return cls.from_dict(d, where=str(path))
+        return cls.from_dict(d, where=f"{path}: config")
 
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}

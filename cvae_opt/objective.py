@@ -26,7 +26,7 @@ from .evaluation import check_refined_metrics
 from .metrics import can_enumerate
 from .plots import samples_figure, save_figure
 from .problems import resolve_problem
-from .studies import METRICS, PLOT_BEST_DEFAULT, StudySpec, apply_params
+from .studies import METRICS, PLOT_BEST_DEFAULT, StudySpec, apply_params, check_shapes
 from .train import train
 from .trials import beats, keep_best_checkpoints, ranked
 
@@ -101,6 +101,7 @@ class Objective:
                     f"{spec.path}: objective metric {m!r} needs enumerable modes, which problem {problem.name!r} "
                     "does not have; use score, misfit_rmse or diversity"
                 )
+        check_shapes(spec, problem.n_points)
         # load (or draw) the data now: a bad data file is refused before the storage is touched
         base = self.overrides.apply(spec.base_config())
         check_refined_metrics(base.train, problem)

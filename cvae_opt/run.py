@@ -219,7 +219,8 @@ def prepare(args: argparse.Namespace, argv: list[str]) -> Worker:
     resolve_device(requested)  # a device this machine lacks is one error line, before any trial
     n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
     device = worker_device(requested, index, n_cuda)
-    objective = Objective(spec, Overrides(args.epochs, args.train_size, device, args.seed), artifact_store(args.artifacts))
+    objective = Objective(spec, Overrides(args.epochs, args.train_size, device, args.seed))
+    objective.artifacts = artifact_store(args.artifacts)  # created once everything above is checked
     return Worker(args, argv, spec, args.study_name or spec.name, index, sampler, pruner, requested, n_cuda, objective)
 
 

@@ -342,13 +342,23 @@ def apply_params(base: Config, values: dict[str, Any]) -> Config:
     return Config.from_dict(d)
 
 
-def _check_search_values(spec: StudySpec, base: Config) -> None:
+def _check_search_values(spec: StudySpec, base: Config, n_points: int | None = None) -> None:
     """Every end of every range (and every choice) must give a valid config, with the parameters it is
-    conditioned on at their first allowed value: an impossible value is refused at load, not trial 37."""
+    conditioned on at their first allowed value: an impossible value is refused at load, not trial 37.
+    With `n_points` (once the problem is known), the convolutions must also fit the model's length."""
     for p in spec.search:
         context = {other: allowed[0] for other, allowed in p.condition.items()}
         for v in p.extremes():
             try:
-                apply_params(base, {**context, p.name: v})
+                cfg = apply_params(base, {**context, p.name: v})
+                if n_points is not None:
+                    cfg.model.validate("config.model", n_points=n_points)
             except UserError as exc:
                 raise _err(spec.path, f"search.{p.name}", f"the value {v!r} gives an invalid config: {exc}") from None
+
+
+def check_shapes(spec: StudySpec, n_points: int) -> None:
+    """What needs the problem: the fixed model and every searched value must fit its n_points."""
+    base = spec.base_config()
+    base.model.validate(f"{spec.path}: fixed.model", n_points=n_points)
+    _check_search_values(spec, base, n_points)

@@ -8,6 +8,7 @@ from cvae_opt.checkpoints import load_checkpoint, save_checkpoint
 from cvae_opt.config import Config
 from cvae_opt.data import Pairs, make_pairs
 from cvae_opt.errors import NonFiniteLoss, UserError
+from cvae_opt.metrics import enumerate_solutions, evaluate_samples
 from cvae_opt.refine import generate_pairs
 from cvae_opt.models import ModelConfig, build_model, kl_gaussians
 from cvae_opt.problems import TWO_BIRDS
@@ -79,8 +80,13 @@ def test_one_epoch_lowers_the_loss(arch, head, pairs):
     assert after < before * 0.95, (before, after)
     assert [e for e, _ in seen] == [1]
     m = seen[0][1]
-    for key in ("train_loss", "val_loss", "val_physics", "score", "misfit_rmse", "mode_precision", "mode_recall"):
-        assert key in m and math.isfinite(m[key])
+    assert all(math.isfinite(m[k]) for k in ("train_loss", "val_loss", "val_physics"))
+    # the generation metrics are those of the trained model's samples for the first validation conditions
+    y = pairs[1].y[: cfg.train.eval_conditions]
+    samples = res.model.generate(y, cfg.train.eval_samples, generator=torch.Generator().manual_seed(cfg.train.seed + 7))
+    again = evaluate_samples(TWO_BIRDS, samples, y, enumerate_solutions(TWO_BIRDS, y), pairs[1].x[: len(y)])
+    for key in ("score", "misfit_rmse", "mode_precision", "mode_recall", "truth_recall"):
+        assert m[key] == pytest.approx(again[key]), key
 
 
 def test_generation_shapes_and_reproducibility(pairs):
@@ -191,9 +197,12 @@ def test_workers_spread_over_the_gpus():
     assert worker_device("auto", 3, 1) == "auto" and worker_device("auto", 3, 0) == "auto"
 
 
-def test_device_and_config_errors():
-    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert resolve_device("cpu").type == "cpu"
+def test_device_and_config_errors(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU-only machine: auto is the CPU
+    assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # one with a GPU: auto is the GPU
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("auto") == torch.device("cuda")
     with pytest.raises(UserError):
         resolve_device("tpu9")
     with pytest.raises(UserError, match="kernels"):
@@ -208,16 +217,21 @@ def test_device_and_config_errors():
 
 
 def test_winner_takes_all_physics_pulls_only_the_best_sample(pairs):
+    """physics_reduce min: the generation term is the best of the draws per y, mean: their average; both
+    measured on the very draws the loss made (same seed: the recognition pass, then the draws)."""
     x, y = pairs[0].x[:64], pairs[0].y[:64]
-    parts = {}
     for reduce in ("mean", "min"):
         cfg = small_cfg(physics_samples=6, physics_reduce=reduce)
         torch.manual_seed(0)
         model = build_model(cfg.model, TWO_BIRDS)
         torch.manual_seed(1)
-        parts[reduce] = loss_terms(model, TWO_BIRDS, x, y, cfg.train, 1.0)[1]
-    assert float(parts["min"]["physics_gen"]) < float(parts["mean"]["physics_gen"])
-    assert torch.isclose(parts["min"]["recon"], parts["mean"]["recon"])
-    with pytest.raises(UserError, match="physics_reduce"):
-        cfg = small_cfg(physics_reduce="max")
-        loss_terms(build_model(cfg.model, TWO_BIRDS), TWO_BIRDS, x, y, cfg.train, 1.0)
+        parts = loss_terms(model, TWO_BIRDS, x, y, cfg.train, 1.0)[1]
+        torch.manual_seed(1)
+        with torch.no_grad():
+            model(x, y)
+            per_sample = ((TWO_BIRDS(model.draw(y, 6)) - y.unsqueeze(1)) ** 2).mean(dim=(-1, -2))  # (64, 6)
+        expected = per_sample.min(dim=1).values.mean() if reduce == "min" else per_sample.mean()
+        assert torch.isclose(parts["physics_gen"].detach(), expected, rtol=1e-5), reduce
+        assert not torch.isclose(per_sample.min(dim=1).values.mean(), per_sample.mean())  # the two rules differ here
+    with pytest.raises(UserError, match="config.train.physics_reduce: unknown 'max'"):
+        small_cfg(physics_reduce="max")  # refused when the config is read

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from cvae_opt.data import load_pairs, make_pairs, sample_lines, save_pairs
+from cvae_opt.data import Pairs, load_pairs, make_pairs, problem_fingerprint, sample_lines, save_pairs
 from cvae_opt.errors import UserError
 from cvae_opt.metrics import enumerate_solutions
 from cvae_opt.problems import TWO_BIRDS, ends_from_unit, resolve_problem, unit_from_ends
@@ -62,6 +62,32 @@ def test_make_pairs_is_seeded_cached_and_noisy(tmp_path):
     assert torch.equal(noisy.x, a.x)
     assert abs(float((noisy.y - a.y).std()) - 0.1) < 0.01
     assert len(list(tmp_path.glob("*.pt"))) == 2
+
+
+def test_the_cache_is_read_and_an_edited_forward_function_gets_fresh_data(tmp_path, monkeypatch):
+    a = make_pairs(TWO_BIRDS, 300, seed=5, cache_dir=tmp_path)
+    (f,) = tmp_path.glob("*.pt")
+    # the cached file is what the next call returns: mark it, and the mark comes back (no recomputation)
+    save_pairs(f, Pairs(a.x, a.y + 1.0))
+    assert torch.equal(make_pairs(TWO_BIRDS, 300, seed=5, cache_dir=tmp_path).y, a.y + 1.0)
+
+    # a user's forward function edited under the same import path: new y, a new cache file
+    (tmp_path / "mine.py").write_text("import torch\ndef forward(x):\n    return torch.cos(9 * x[..., :1] + 5 * x[..., 1:])\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    old = make_pairs(resolve_problem("mine:forward"), 300, seed=5, cache_dir=tmp_path / "c")
+    (tmp_path / "mine.py").write_text("import torch\ndef forward(x):\n    return torch.cos(9 * x[..., :1] - 5 * x[..., 1:])\n")
+    import importlib
+    import sys
+
+    importlib.reload(sys.modules["mine"])
+    edited = resolve_problem("mine:forward")
+    new = make_pairs(edited, 300, seed=5, cache_dir=tmp_path / "c")
+    assert torch.equal(new.x, old.x) and not torch.allclose(new.y, old.y)
+    assert (edited(new.x.double()) - new.y).abs().max() < 1e-6  # y is what the edited function computes
+    assert len(list((tmp_path / "c").glob("mine_forward-*.pt"))) == 2
+    # the key is stable for one function and differs between functions
+    assert problem_fingerprint(edited) == problem_fingerprint(resolve_problem("mine:forward"))
+    assert problem_fingerprint(edited) != problem_fingerprint(TWO_BIRDS)
 
 
 @pytest.mark.parametrize("name", ["scoring_dataset.pt", "validation_dataset.pt"])

@@ -61,6 +61,24 @@ def test_four_workers_share_one_sqlite_file(tmp_path):
     assert integrity(tmp_path) == "ok"
 
 
+def test_keep_best_with_two_workers_leaves_exactly_the_best_checkpoints(tmp_path):
+    """Two workers finish trials concurrently and each removes what fell out of the best K: at the end
+    the checkpoint files on disk are exactly those of the best K complete trials, and they load."""
+    f = tiny_study(tmp_path / "tiny.yaml", epochs=1, train_size=500, artifacts={"plots": False, "keep_best": 2})
+    r = run(tmp_path, "--study", f, "--trials", 10, "--jobs", 2)
+    assert r.returncode == 0, r.stderr
+    study = load(tmp_path)
+    done = sorted((t for t in study.trials if t.state == S.COMPLETE), key=lambda t: -t.value)
+    assert len(done) == 10 and len({t.user_attrs["worker"] for t in done}) == 2
+    store = tmp_path / "storage" / "artifacts"
+    on_disk = {t.number for t in done if (store / t.user_attrs.get("checkpoint_artifact", "-")).is_file()}
+    assert on_disk == {done[0].number, done[1].number}, (on_disk, [(t.number, t.value) for t in done])
+    from cvae_opt.checkpoints import load_checkpoint
+
+    _, cfg, payload = load_checkpoint(store / done[0].user_attrs["checkpoint_artifact"])
+    assert payload["metrics"]["score"] == done[0].value and cfg.to_dict() == done[0].user_attrs["config"]
+
+
 def test_a_killed_worker_loses_nothing_and_its_trial_is_retried(tmp_path):
     # trials long enough (300 tiny epochs) that the poll below, which competes with 4 writing workers for
     # the SQLite file, catches one mid-way; at 100 epochs it missed them in about one run of five

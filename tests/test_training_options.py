@@ -12,6 +12,7 @@ from contextlib import contextmanager
 import pytest
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from cvae_opt import evaluate
 from cvae_opt.cli import run_main
@@ -56,7 +57,7 @@ def optimizer_steps():
             rec["params"] = [p.detach().clone() for p in params]
         steps.append(rec)
 
-    handle = torch.optim.optimizer.register_optimizer_step_pre_hook(hook)
+    handle = register_optimizer_step_pre_hook(hook)
     try:
         yield steps
     finally:
@@ -166,12 +167,12 @@ def test_grad_clip_bounds_the_gradient_and_the_weights_move_less(cache):
 
 def test_weight_decay_shrinks_the_weights(cache):
     norms = {}
-    for wd in (0.0, 1.0, 10.0):
+    for wd in (0.0, 0.01, 0.1):
         res = train(config(cache, epochs=2, lr=1e-2, weight_decay=wd))
         assert math.isfinite(res.last["train_loss"])
         norms[wd] = float(flat(res.model.parameters()).norm())
-    assert norms[10.0] < norms[1.0] < norms[0.0], norms
-    assert norms[10.0] < 0.8 * norms[0.0], norms
+    assert norms[0.1] < norms[0.01] < norms[0.0], norms
+    assert norms[0.1] < 0.5 * norms[0.0], norms
 
 
 # -- the model: batch norm -----------------------------------------------------------------------------
@@ -226,15 +227,19 @@ def test_training_and_validation_pairs_from_files(cache, tmp_path, challenge, ca
 
 def test_refinement_in_several_batches_equals_one_batch():
     m, s = 3, 4
-    y = make_pairs(TWO_BIRDS, m, seed=11, cache_dir=None).y
-    x = make_pairs(TWO_BIRDS, m * s, seed=12, cache_dir=None).x.view(m, s, 50, 2)
-    one = refine(TWO_BIRDS, x, y, steps=8)
-    many = refine(TWO_BIRDS, x, y, steps=8, batch=5)  # 12 samples in batches of 5, 5, 2
+    truth = make_pairs(TWO_BIRDS, m, seed=11, cache_dir=None)
+    g = torch.Generator().manual_seed(0)
+    near = truth.x.unsqueeze(1) + 0.01 * torch.randn(m, s // 2, 50, 2, generator=g)  # noisy near-misses
+    far = make_pairs(TWO_BIRDS, m * s // 2, seed=12, cache_dir=None).x.view(m, s // 2, 50, 2)  # random lines
+    x = torch.cat([near, far], dim=1)
+    one = refine(TWO_BIRDS, x, truth.y, steps=8)
+    many = refine(TWO_BIRDS, x, truth.y, steps=8, batch=5)  # 12 samples in batches of 5, 5, 2
     assert many.shape == one.shape == x.shape
     assert torch.allclose(many, one, atol=1e-5)
-    before = evaluate_samples(TWO_BIRDS, x, y)["misfit_rmse"]
-    after = evaluate_samples(TWO_BIRDS, one, y)["misfit_rmse"]
-    assert after < 0.5 * before  # refinement did something, so the comparison is not of two copies of x
+    # refinement did something, so the comparison is not of two copies of x
+    before = evaluate_samples(TWO_BIRDS, near, truth.y)["misfit_rmse"]
+    after = evaluate_samples(TWO_BIRDS, one[:, : s // 2], truth.y)["misfit_rmse"]
+    assert after < 0.1 * before, (before, after)
 
 
 @pytest.mark.parametrize("latent", [{"latent_type": "gaussian"}, {"latent_type": "categorical", "components": 8}])
