@@ -86,8 +86,12 @@ def test_running_again_resumes_the_study(smoke):
 
 def test_report_writes_every_file_and_opens_offline(smoke):
     d, _ = smoke
+    for f in (d / "storage" / "data").glob("*.pt"):
+        f.unlink()  # the report rebuilds only what it draws from: the validation pairs, not the training set
     r = cli("report", "--study", "cvae_re", cwd=d)
     assert r.returncode == 0, r.stderr
+    val_size = study_of(d, "cvae_re").best_trial.user_attrs["config"]["data"]["val_size"]
+    assert [f.name.split("-")[2] for f in (d / "storage" / "data").glob("*.pt")] == [f"n{val_size}"]
     out = d / "reports" / "cvae_re"
     for name in ("index.html", "trials.csv", "best_model.pt", "best_config.yaml", "samples.png", "plotly.min.js",
                  "history.html", "history.png", "intermediate.html", "intermediate.png", "parallel.html",
