@@ -14,14 +14,20 @@ COMMANDS = {
     "evaluate": "score a challenge-format submission",
     "plot": "draw a checkpoint's samples against the given measurements",
     "dashboard": "browse studies and artifacts in optuna-dashboard",
+    "storage-proxy": "serve a study database to many workers (Optuna's gRPC proxy)",
 }
 
 
 def usage() -> str:
     lines = ["usage: cvae-opt COMMAND [options]   (cvae-opt COMMAND --help for each)", "", "commands:"]
-    lines += [f"  {name:<10} {text}" for name, text in COMMANDS.items()]
+    lines += [f"  {name:<14} {text}" for name, text in COMMANDS.items()]
     lines += ["", "example: cvae-opt run --study cvae_re --trials 200 && cvae-opt report --study cvae_re"]
     return "\n".join(lines)
+
+
+def module_name(command: str) -> str:
+    """The module of a command: `storage-proxy` lives in storage_proxy.py."""
+    return command.replace("-", "_")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] not in COMMANDS:
         print(f"error: unknown command {argv[0]!r}; use one of {', '.join(COMMANDS)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    module = importlib.import_module(f"cvae_opt.{argv[0]}")
+    module = importlib.import_module(f"cvae_opt.{module_name(argv[0])}")
     sys.argv[0] = f"cvae-opt {argv[0]}"
     return run_main(module.main, argv[1:])
 

@@ -1,4 +1,4 @@
-"""Trial -> config (the only place that calls `trial.suggest_*`) and the Optuna objective.
+"""The Optuna objective: a trial's config (`studies.suggest_config`) trained and reported.
 
 The objective trains the config through `cvae_opt.train` (the same code `retrain` runs), reports the
 study metric every epoch for pruning, stores the metric components and the resolved config as user
@@ -26,9 +26,9 @@ from .evaluation import check_refined_metrics
 from .metrics import can_enumerate
 from .plots import samples_figure, save_figure
 from .problems import resolve_problem
-from .studies import METRICS, PLOT_BEST_DEFAULT, StudySpec, apply_params, check_shapes
+from .studies import METRICS, PLOT_BEST_DEFAULT, StudySpec, check_shapes, suggest_config
 from .train import train
-from .trials import beats, keep_best_checkpoints, ranked
+from .trials import beats, keep_best_checkpoints, ranked, record
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -37,24 +37,7 @@ class ArtifactError(RuntimeError):
     """Writing a trial's checkpoint or plot failed (full disk, permissions): the trial fails, the study goes on."""
 
 
-RECORDED = (*METRICS, "train_loss", "epoch", "epoch_seconds")
 MODE_METRICS = tuple(m for m in METRICS if m.removeprefix("refined_") in ("mode_precision", "mode_recall"))
-
-
-def suggest_config(trial: optuna.trial.BaseTrial, spec: StudySpec, base: Config | None = None) -> Config:
-    """Sample every parameter whose condition holds, in file order, and apply it to the base config."""
-    values: dict[str, Any] = {}
-    for p in spec.search:
-        if not p.active(values):
-            continue
-        if p.type == "float":
-            v = trial.suggest_float(p.name, p.low, p.high, log=p.log, step=p.step)
-        elif p.type == "int":
-            v = trial.suggest_int(p.name, int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
-        else:
-            v = trial.suggest_categorical(p.name, p.choices)
-        values[p.name] = v
-    return apply_params(base or spec.base_config(), values)
 
 
 @dataclass
@@ -192,9 +175,3 @@ class Objective:
             return True
         best = ranked(trial.study)
         return len(best) < k or beats(trial.study, values[0], best[k - 1].value)
-
-
-def record(trial: optuna.Trial, metrics: dict[str, float]) -> None:
-    for k in RECORDED:
-        if k in metrics and isinstance(metrics[k], (int, float)):
-            trial.set_user_attr(k, float(metrics[k]))

@@ -157,7 +157,10 @@ def summary(study: optuna.Study, spec: StudySpec, url: str, artifacts: str, star
             lines.append(f"  best trial {b.number}: {spec.metrics[0]} = {b.value:.6g}")
             for k, v in b.params.items():
                 lines.append(f"    {k}: {v:.4g}" if isinstance(v, float) else f"    {k}: {v}")
-    lines.append(f"  browse: optuna-dashboard {mask_url(url)} --artifact-dir {artifacts}")
+    if url.startswith("grpc://"):  # optuna-dashboard's own command line takes SQLAlchemy URLs only
+        lines.append(f"  browse: cvae-opt dashboard --storage {url} --artifacts {artifacts}")
+    else:
+        lines.append(f"  browse: optuna-dashboard {mask_url(url)} --artifact-dir {artifacts}")
     lines.append(f"  report: python -m cvae_opt.report --study {study.study_name} --storage {mask_url(url)}")
     if interrupted:
         lines.append("  resume: run the same command again")

@@ -1,11 +1,22 @@
-"""Study storage and artifact store: any SQLAlchemy URL (SQLite by default), crash-safe settings on."""
+"""Study storage and artifact store: any SQLAlchemy URL (SQLite by default) or Optuna's gRPC storage
+proxy (`grpc://host:port`), with crash-safe settings on: a worker killed mid-trial has its trial marked
+FAIL after the heartbeat grace period and retried once with the same parameters.
+"""
 
 from __future__ import annotations
 
+import json
+import time
+from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import GrpcStorageProxy
+from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.trial import FrozenTrial, TrialState
 
 from .errors import UserError
 
@@ -25,8 +36,11 @@ def mask_url(url: str) -> str:
 
 
 def open_storage(url: str = DEFAULT_STORAGE, heartbeat: int = HEARTBEAT_SECONDS) -> optuna.storages.BaseStorage:
-    """An RDB storage with heartbeats: a worker killed mid-trial has its trial marked FAIL after the
-    grace period and re-queued once with the same parameters, instead of staying RUNNING forever."""
+    """An RDB storage, or a client of the gRPC storage proxy (`grpc://host:port`), with heartbeats: a
+    worker killed mid-trial has its trial marked FAIL after the grace period (3 heartbeats) and
+    re-queued once with the same parameters, instead of staying RUNNING forever."""
+    if url.startswith("grpc://"):
+        return open_grpc_proxy(url, heartbeat)
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
@@ -43,6 +57,8 @@ def open_storage(url: str = DEFAULT_STORAGE, heartbeat: int = HEARTBEAT_SECONDS)
         if db and db != ":memory:":
             Path(db).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}}
+    else:  # a server: connections dropped by a restart are noticed and replaced when next checked out
+        engine_kwargs = {"pool_pre_ping": True}
     try:
         return optuna.storages.RDBStorage(
             url,
@@ -72,3 +88,112 @@ def load_existing_study(storage: optuna.storages.BaseStorage, name: str, url: st
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
         raise UserError(f"no study named {name!r} in {mask_url(url)}; studies there: {names or 'none'}") from None
+
+
+# gRPC storage proxy -------------------------------------------------------------------------------
+GRPC_EXTRA = 'pip install "cvae-opt[grpc]" (grpcio and protobuf)'
+HEARTBEAT_ATTR = "cvae_opt:heartbeat"  # seconds since the epoch, on the worker's clock
+# RPCs wait while the proxy is unreachable (a restart) and are retried when the connection drops mid-call
+_GRPC_SERVICE_CONFIG = json.dumps({"methodConfig": [{
+    "name": [{}], "waitForReady": True, "timeout": "120s",
+    "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.5s", "maxBackoff": "8s", "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"]},
+}]})
+
+
+def parse_grpc_url(url: str) -> tuple[str, int]:
+    """grpc://host:port -> (host, port); anything else is one error line."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme != "grpc" or not parts.hostname or port is None or parts.path not in ("", "/"):
+        raise UserError(f"malformed storage proxy URL {url!r}: expected grpc://HOST:PORT, e.g. grpc://127.0.0.1:13000")
+    return parts.hostname, port
+
+
+class HeartbeatGrpcProxy(GrpcStorageProxy, BaseHeartbeat):
+    """Optuna's gRPC proxy client with Optuna's heartbeat protocol, which the proxy's RPCs lack: each
+    worker records its running trial's heartbeat as a trial system attribute, and Optuna's own
+    `fail_stale_trials` (run before every trial) fails trials silent for longer than the grace period and
+    hands them to the retry callback, as with an RDB storage. Heartbeats use the workers' clocks, so
+    the machines' clocks must agree to well within the grace period (NTP). The channel waits for a
+    restarting proxy instead of failing, and retries calls the connection dropped."""
+
+    def __init__(self, *, host: str, port: int, heartbeat: int,
+                 stale_callback: Callable[[optuna.Study, FrozenTrial], None] | None) -> None:
+        self._heartbeat = heartbeat
+        self._grace = 3 * heartbeat
+        self._stale_callback = stale_callback
+        super().__init__(host=host, port=port)
+
+    def _setup(self) -> None:
+        import grpc
+        from optuna.storages._grpc.auto_generated import api_pb2_grpc
+        from optuna.storages._grpc.client import GrpcClientCache
+
+        self._channel = grpc.insecure_channel(f"{self._host}:{self._port}", options=[
+            ("grpc.max_receive_message_length", -1), ("grpc.enable_retries", 1),
+            ("grpc.service_config", _GRPC_SERVICE_CONFIG)])
+        self._stub = api_pb2_grpc.StorageServiceStub(self._channel)
+        self._cache = GrpcClientCache(self._stub)
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+        except UpdateFinishedTrialError:
+            pass  # another worker already failed it as stale; the trial's own result decides the rest
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        now = time.time()
+        stale = []
+        for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+            beat = t.system_attrs.get(HEARTBEAT_ATTR)
+            if beat is None:  # started, not yet beaten: count from its start
+                beat = t.datetime_start.timestamp() if t.datetime_start else now
+            if now - float(beat) > self._grace:
+                stale.append(t._trial_id)
+        return stale
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self._heartbeat
+
+    def get_heartbeat_stale_trial_callback(self) -> Callable[[optuna.Study, FrozenTrial], None] | None:
+        return self._stale_callback
+
+
+def open_grpc_proxy(url: str, heartbeat: int = HEARTBEAT_SECONDS, timeout: float = 10.0) -> HeartbeatGrpcProxy:
+    """A client of `cvae-opt storage-proxy` at grpc://host:port, checked to answer within `timeout`."""
+    host, port = parse_grpc_url(url)
+    try:
+        import grpc  # noqa: F401
+        import google.protobuf  # noqa: F401
+    except ImportError:
+        raise UserError(f"storage {url}: the gRPC proxy client needs grpcio and protobuf; {GRPC_EXTRA}") from None
+    proxy = HeartbeatGrpcProxy(host=host, port=port, heartbeat=heartbeat,
+                               stale_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+    try:
+        proxy.wait_server_ready(timeout=timeout)
+    except Exception:
+        proxy.close()
+        raise UserError(f"no storage proxy answers at {url} within {timeout:g}s: start one with "
+                        f"cvae-opt storage-proxy --storage URL --host {host} --port {port}") from None
+    return proxy
+
+
+def serve_grpc_proxy(storage_url: str, host: str, port: int, threads: int) -> None:
+    """Serve an RDB storage to many workers through one set of database connections (blocks)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if storage_url.startswith("grpc://"):
+        raise UserError("--storage: the proxy serves a database (an SQLAlchemy URL), not another proxy")
+    try:
+        import grpc  # noqa: F401
+        import google.protobuf  # noqa: F401
+    except ImportError:
+        raise UserError(f"the storage proxy needs grpcio and protobuf; {GRPC_EXTRA}") from None
+    rdb = open_storage(storage_url)
+    # get_storage adds Optuna's in-process cache in front of the RDB storage, as its docs ask for a proxy
+    optuna.storages.run_grpc_proxy_server(optuna.storages.get_storage(rdb), host=host, port=port,
+                                          thread_pool=ThreadPoolExecutor(max_workers=threads))

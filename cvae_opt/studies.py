@@ -24,11 +24,14 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import Config, DataConfig, ModelConfig, TrainConfig
 from .errors import UserError
 from .files import read_yaml
+
+if TYPE_CHECKING:
+    import optuna
 
 
 def _studies_dir() -> Path:
@@ -362,3 +365,21 @@ def check_shapes(spec: StudySpec, n_points: int) -> None:
     base = spec.base_config()
     base.model.validate(f"{spec.path}: fixed.model", n_points=n_points)
     _check_search_values(spec, base, n_points)
+
+
+def suggest_config(trial: optuna.trial.BaseTrial, spec: StudySpec, base: Config | None = None) -> Config:
+    """The one place a trial becomes a config (the only `trial.suggest_*` calls): every parameter whose
+    condition holds, in file order, applied to the base config. Needs no torch, so a worker that only
+    asks and tells (a benchmark, a scheduler) can use it."""
+    values: dict[str, Any] = {}
+    for p in spec.search:
+        if not p.active(values):
+            continue
+        if p.type == "float":
+            v = trial.suggest_float(p.name, p.low, p.high, log=p.log, step=p.step)
+        elif p.type == "int":
+            v = trial.suggest_int(p.name, int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
+        else:
+            v = trial.suggest_categorical(p.name, p.choices)
+        values[p.name] = v
+    return apply_params(base or spec.base_config(), values)

@@ -11,8 +11,10 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from .config import Config
 from .errors import UserError
 from .storage import mask_url
+from .studies import METRICS
 
 COMPLETE = optuna.trial.TrialState.COMPLETE
+RECORDED = (*METRICS, "train_loss", "epoch", "epoch_seconds")  # the metrics a trial keeps as user attributes
 
 
 def ranked(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -92,3 +94,10 @@ def keep_best_checkpoints(study: optuna.Study, store: FileSystemArtifactStore, k
         except (FileNotFoundError, ArtifactNotFound):
             pass  # removed earlier, by this worker or another
     return removed
+
+
+def record(trial: optuna.Trial, metrics: dict[str, float]) -> None:
+    """Keep a trial's metrics as user attributes (the dashboard, report and trials.csv show them)."""
+    for k in RECORDED:
+        if k in metrics and isinstance(metrics[k], (int, float)):
+            trial.set_user_attr(k, float(metrics[k]))

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cvae_opt.__main__ import COMMANDS
+from cvae_opt.__main__ import COMMANDS, module_name
 
 PACKAGE = Path(__file__).resolve().parents[1] / "cvae_opt"
 
@@ -31,7 +31,7 @@ def imports_of(path: Path) -> set[str]:
 
 def test_commands_and_library_modules_point_one_way():
     modules = {p.stem: imports_of(p) for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__")}
-    commands = set(COMMANDS)
+    commands = {module_name(c) for c in COMMANDS}
     assert commands <= set(modules), commands - set(modules)
     wrong = {m: sorted(deps & commands) for m, deps in modules.items() if deps & commands}
     assert not wrong, f"modules importing a command module: {wrong}"
