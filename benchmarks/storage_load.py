@@ -113,6 +113,9 @@ def worker(args: argparse.Namespace) -> int:
     try:
         study.optimize(objective, n_trials=args.trials, gc_after_trial=False)
     except Exception as exc:  # what a real worker would die of: recorded, and the exit status says so
+        import traceback
+
+        traceback.print_exc()
         emit(event="error", error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
         return 1
     emit(event="done")
@@ -322,6 +325,7 @@ def main() -> int:
     ap.add_argument("--postgres-url", default=os.environ.get("CVAE_OPT_TEST_POSTGRES_URL"))
     ap.add_argument("--faults", action="store_true", help="also the fault runs, at the largest --workers")
     ap.add_argument("--no-load", action="store_true", help="only the fault runs")
+    ap.add_argument("--keep", help="keep the workers' logs and SQLite files in this folder")
     # worker mode
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     for a in ("--url", "--study-name", "--log", "--go"):
@@ -342,6 +346,9 @@ def main() -> int:
           + (f"; PostgreSQL {mask_url(args.postgres_url)}" if args.postgres_url else ""), flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="cvae-storage-load-") as tmp:
+        if args.keep:
+            tmp = args.keep
+            Path(tmp).mkdir(parents=True, exist_ok=True)
         if not args.no_load:
             print(f"{'storage':<10} {'workers':>7} {'trials':>6} {'trials/s':>8} {'ask ms (median, p99)':>21} "
                   f"{'tell ms (median, p99)':>22} {'peak conns':>10} {'errors':>6}", flush=True)

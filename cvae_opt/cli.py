@@ -8,15 +8,17 @@ import argparse
 import os
 import sys
 import warnings
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import optuna
 
 from .config import DRAWS, REFINE_METHODS
 from .errors import UserError
-from .models import CVAE
-from .problems import Problem, supports_forward_mode
 from .storage import DEFAULT_STORAGE, load_existing_study, open_storage
+
+if TYPE_CHECKING:  # torch stays out of commands that do not need it (storage-proxy starts in a second)
+    from .models import CVAE
+    from .problems import Problem
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -85,9 +87,11 @@ def sampling_options(args: argparse.Namespace) -> dict[str, Any]:
             "oversample": args.oversample, "draw": args.draw, "temperature": args.temperature}
 
 
-def check_sampling(model: CVAE, problem: Problem, options: dict[str, Any]) -> None:
+def check_sampling(model: "CVAE", problem: "Problem", options: dict[str, Any]) -> None:
     """What a model and problem allow: a Gaussian latent has only its posterior, and LM refinement needs
     forward-mode differentiation through the problem."""
+    from .problems import supports_forward_mode
+
     if not model.cfg.has_components and (options["draw"] != "posterior" or options["temperature"] != 1.0):
         raise UserError(
             f"--draw {options['draw']} --temperature {options['temperature']:g}: this model has a Gaussian latent, "

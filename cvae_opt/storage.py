@@ -23,6 +23,7 @@ from .errors import UserError
 DEFAULT_STORAGE = "sqlite:///storage/cvae_opt.db"
 DEFAULT_ARTIFACTS = "storage/artifacts"
 HEARTBEAT_SECONDS = 60
+SCHEMA_RACE_RETRIES = 5
 
 
 def mask_url(url: str) -> str:
@@ -59,22 +60,101 @@ def open_storage(url: str = DEFAULT_STORAGE, heartbeat: int = HEARTBEAT_SECONDS)
         engine_kwargs = {"connect_args": {"timeout": 60}}
     else:  # a server: connections dropped by a restart are noticed and replaced when next checked out
         engine_kwargs = {"pool_pre_ping": True}
-    try:
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat,
-            grace_period=3 * heartbeat,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
-        )
-    except ImportError:
-        raise UserError(
-            f"storage {mask_url(url)}: its database driver is not installed; "
-            'pip install "psycopg[binary]" (postgresql://) or pymysql (mysql+pymysql://)'
-        ) from None
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot open storage {mask_url(url)}: {first[:300]}") from None
+    for attempt in range(SCHEMA_RACE_RETRIES + 1):
+        try:
+            return ReconnectingRDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat,
+                grace_period=3 * heartbeat,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+            )
+        except ImportError:
+            raise UserError(
+                f"storage {mask_url(url)}: its database driver is not installed; "
+                'pip install "psycopg[binary]" (postgresql://) or pymysql (mysql+pymysql://)'
+            ) from None
+        except Exception as exc:
+            # workers started at once on a new database race to create its tables: the losers see
+            # "already exists" / a duplicate key, and the schema is there when they look again
+            text = str(exc)
+            if attempt < SCHEMA_RACE_RETRIES and ("already exists" in text or "duplicate key" in text):
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+            raise UserError(f"cannot open storage {mask_url(url)}: {first[:300]}") from None
+    raise AssertionError("unreachable")
+
+
+RECONNECT_SECONDS = 60.0  # how long a call waits for a lost database connection to come back
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """A database error that a new connection may not have: the server restarted, cut the connection,
+    failed over, or is briefly unreachable (not a constraint violation or a bad statement)."""
+    from sqlalchemy import exc as sa
+
+    cause = exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) else exc
+    return isinstance(cause, (sa.OperationalError, sa.InterfaceError, sa.PendingRollbackError)) or (
+        isinstance(cause, sa.DBAPIError) and cause.connection_invalidated)
+
+
+class ReconnectingRDBStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage whose calls survive a lost database connection: a call that fails because
+    the connection went away (server restart, connection cut, failover) is run again on a fresh session,
+    with backoff, for up to RECONNECT_SECONDS, instead of killing the worker (and, in the heartbeat
+    thread, silently stopping the heartbeat so that a live trial is failed as stale). A state change
+    that reached the database before the connection broke is recognised on the retry, not reported as
+    an error. Other errors pass through at once."""
+
+    def _retrying(self, name: str, call: Callable[[], object]) -> object:
+        deadline = time.monotonic() + RECONNECT_SECONDS
+        delay = 0.25
+        while True:
+            try:
+                return call()
+            except Exception as exc:
+                if not _connection_lost(exc) or time.monotonic() + delay > deadline:
+                    raise
+                self.scoped_session.remove()  # drop the broken session; the pool pre-pings the next one
+                time.sleep(delay)
+                delay = min(2 * delay, 5.0)
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:  # noqa: ANN001
+        first = [True]
+
+        def call() -> bool:
+            try:
+                return optuna.storages.RDBStorage.set_trial_state_values(self, trial_id, state, values)
+            except UpdateFinishedTrialError:
+                if not first[0] and self.get_trial(trial_id).state == state:
+                    return True  # the first attempt's commit reached the database before the connection broke
+                raise
+            finally:
+                first[0] = False
+
+        return self._retrying("set_trial_state_values", call)
+
+
+def _wrap_retrying(name: str) -> None:
+    base = getattr(optuna.storages.RDBStorage, name)
+
+    def method(self: ReconnectingRDBStorage, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        return self._retrying(name, lambda: base(self, *args, **kwargs))
+
+    method.__name__ = name
+    method.__doc__ = base.__doc__
+    setattr(ReconnectingRDBStorage, name, method)
+
+
+_NOT_RETRIED = {"set_trial_state_values", "remove_session", "get_heartbeat_interval",
+                "get_heartbeat_stale_trial_callback", "get_failed_trial_callback"}
+for _name in sorted(({n for n in dir(optuna.storages.BaseStorage) if not n.startswith("_")}
+                     # and what Optuna's in-process cache (_CachedStorage, which studies wrap it in) calls
+                     | {"record_heartbeat", "_get_stale_trial_ids", "_create_new_trial", "_get_best_trial_id",
+                        "_get_trials", "_set_trial_param"}) - _NOT_RETRIED):
+    if callable(getattr(optuna.storages.RDBStorage, _name, None)):
+        _wrap_retrying(_name)
 
 
 def artifact_store(base: str | Path = DEFAULT_ARTIFACTS) -> FileSystemArtifactStore:
