@@ -197,6 +197,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def run_load(backend: str, n: int, args: argparse.Namespace, tmp: Path, faults: bool) -> dict:
+    args = argparse.Namespace(**{**vars(args), "heartbeat": args.fault_heartbeat if faults else args.heartbeat})
     name = f"load-{backend}-{n}-{'faults' if faults else 'plain'}-{os.getpid()}"
     pg = args.postgres_url
     proxy = None
@@ -321,7 +322,9 @@ def main() -> int:
     ap.add_argument("--trials", type=int, default=4, help="trials per worker (default 4)")
     ap.add_argument("--epochs", type=int, default=5, help="reports per trial (default 5)")
     ap.add_argument("--epoch-seconds", type=float, default=0.2, help="the stand-in's sleep per epoch (default 0.2)")
-    ap.add_argument("--heartbeat", type=int, default=2, help="heartbeat seconds; stale after 3x (default 2)")
+    ap.add_argument("--heartbeat", type=int, default=60, help="heartbeat seconds of the load runs (default 60, the suite's)")
+    ap.add_argument("--fault-heartbeat", type=int, default=5,
+                    help="heartbeat seconds of the fault runs: killed trials are stale after 3x (default 5)")
     ap.add_argument("--postgres-url", default=os.environ.get("CVAE_OPT_TEST_POSTGRES_URL"))
     ap.add_argument("--faults", action="store_true", help="also the fault runs, at the largest --workers")
     ap.add_argument("--no-load", action="store_true", help="only the fault runs")
@@ -342,7 +345,7 @@ def main() -> int:
 
     print(f"storage load: {date.today()}, {platform.machine()} {os.cpu_count()} cores, optuna {optuna.__version__}; "
           f"{args.trials} trials x {args.epochs} epochs x {args.epoch_seconds}s per worker, study {STUDY!r} "
-          f"(TPE + successive halving), heartbeat {args.heartbeat}s"
+          f"(TPE + successive halving), heartbeat {args.heartbeat}s ({args.fault_heartbeat}s in the fault runs)"
           + (f"; PostgreSQL {mask_url(args.postgres_url)}" if args.postgres_url else ""), flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="cvae-storage-load-") as tmp:

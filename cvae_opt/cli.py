@@ -1,6 +1,6 @@
 """What the command-line tools share: one error line and exit 2 for bad input, 130 on Ctrl-C, and the
 options several commands take (a study in a storage, the sampling pipeline). Commands import this
-module, never each other."""
+module, never each other. No torch here: a command that needs none (storage-proxy) starts in a second."""
 
 from __future__ import annotations
 
@@ -8,17 +8,13 @@ import argparse
 import os
 import sys
 import warnings
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import optuna
 
 from .config import DRAWS, REFINE_METHODS
 from .errors import UserError
 from .storage import DEFAULT_STORAGE, load_existing_study, open_storage
-
-if TYPE_CHECKING:  # torch stays out of commands that do not need it (storage-proxy starts in a second)
-    from .models import CVAE
-    from .problems import Problem
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -77,28 +73,6 @@ def add_sampling_args(ap: argparse.ArgumentParser) -> None:
 
 
 def sampling_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Checked keyword arguments of `refine.generate_samples` from the options of `add_sampling_args`
-    (bad values are refused before any checkpoint is read)."""
-    if args.refine < 0 or args.oversample < 1:
-        raise UserError("--refine must be >= 0 and --oversample >= 1")
-    if args.temperature < 0:
-        raise UserError(f"--temperature must be >= 0, got {args.temperature}")
-    return {"refine_steps": args.refine, "refine_method": args.refine_method, "refine_lr": args.refine_lr,
+    """The keyword arguments of `Generator.sample` from the options of `add_sampling_args` (it checks them)."""
+    return {"refine": args.refine, "refine_method": args.refine_method, "refine_lr": args.refine_lr,
             "oversample": args.oversample, "draw": args.draw, "temperature": args.temperature}
-
-
-def check_sampling(model: "CVAE", problem: "Problem", options: dict[str, Any]) -> None:
-    """What a model and problem allow: a Gaussian latent has only its posterior, and LM refinement needs
-    forward-mode differentiation through the problem."""
-    from .problems import supports_forward_mode
-
-    if not model.cfg.has_components and (options["draw"] != "posterior" or options["temperature"] != 1.0):
-        raise UserError(
-            f"--draw {options['draw']} --temperature {options['temperature']:g}: this model has a Gaussian latent, "
-            "which has only its posterior; coverage draws and temperatures need model.latent_type categorical or mixed"
-        )
-    if options["refine_steps"] and options["refine_method"] == "lm" and not supports_forward_mode(problem):
-        raise UserError(
-            f"problem {problem.name!r} does not support forward-mode differentiation, which LM refinement needs; "
-            "use --refine-method adam"
-        )

@@ -10,13 +10,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from .checkpoints import load_checkpoint
-from .cli import add_sampling_args, check_sampling, run_main, sampling_options
-from .data import load_pairs
+from .api import conditions, load_generator, plot_samples
+from .cli import add_sampling_args, run_main, sampling_options
 from .errors import UserError
-from .plots import samples_figure, save_figure
-from .problems import resolve_problem
-from .refine import generate_samples
+from .plots import save_figure
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,19 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.n < 1 or args.samples < 1:
         raise UserError("--n and --samples must be positive")
-    options = sampling_options(args)
-    model, cfg, _ = load_checkpoint(args.checkpoint)
-    problem = resolve_problem(cfg.data.problem)
-    check_sampling(model, problem, options)
-    cond = load_pairs(args.conditions, problem)
-    y = cond.y[: args.n]
-    samples = generate_samples(model, y, args.samples, seed=args.seed, problem=problem, **options)
+    gen = load_generator(args.checkpoint)
+    y = conditions(args.conditions, gen.problem)[: args.n]
+    samples = gen.sample(y, args.samples, seed=args.seed, **sampling_options(args))
     how = "raw" if not (args.refine or args.oversample > 1) else (
         f"refine {args.refine} {args.refine_method}, oversample x{args.oversample}")
-    if model.cfg.has_components:
+    if gen.model.cfg.has_components:
         how += f", {args.draw}" + (f" T={args.temperature:g}" if args.temperature != 1.0 else "")
-    fig = samples_figure(model, problem, y, samples=samples,
-                         title=f"{Path(args.checkpoint).name}: {args.samples} samples per given y ({how})")
+    fig = plot_samples(samples, args.n, title=f"{Path(args.checkpoint).name}: {args.samples} samples per given y ({how})")
     save_figure(fig, args.out)
     print(f"wrote {args.out}")
     return 0

@@ -24,6 +24,8 @@ DEFAULT_STORAGE = "sqlite:///storage/cvae_opt.db"
 DEFAULT_ARTIFACTS = "storage/artifacts"
 HEARTBEAT_SECONDS = 60
 SCHEMA_RACE_RETRIES = 5
+# what losing the race to create a new database's tables looks like (SQLite, PostgreSQL, MySQL)
+SCHEMA_RACE_MESSAGES = ("already exists", "duplicate key", "UNIQUE constraint failed", "Duplicate entry")
 
 
 def mask_url(url: str) -> str:
@@ -78,11 +80,14 @@ def open_storage(url: str = DEFAULT_STORAGE, heartbeat: int = HEARTBEAT_SECONDS)
             # workers started at once on a new database race to create its tables: the losers see
             # "already exists" / a duplicate key, and the schema is there when they look again
             text = str(exc)
-            if attempt < SCHEMA_RACE_RETRIES and ("already exists" in text or "duplicate key" in text):
+            if attempt < SCHEMA_RACE_RETRIES and any(m in text for m in SCHEMA_RACE_MESSAGES):
                 time.sleep(0.2 * (attempt + 1))
                 continue
             first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-            raise UserError(f"cannot open storage {mask_url(url)}: {first[:300]}") from None
+            if "too many clients" in text or "Too many connections" in text:
+                first += (" (each worker holds up to 2 connections, one for its heartbeat: raise the server's "
+                          "max_connections, or serve the database through cvae-opt storage-proxy)")
+            raise UserError(f"cannot open storage {mask_url(url)}: {first[:500]}") from None
     raise AssertionError("unreachable")
 
 
@@ -273,7 +278,11 @@ def serve_grpc_proxy(storage_url: str, host: str, port: int, threads: int) -> No
         import google.protobuf  # noqa: F401
     except ImportError:
         raise UserError(f"the storage proxy needs grpcio and protobuf; {GRPC_EXTRA}") from None
-    rdb = open_storage(storage_url)
-    # get_storage adds Optuna's in-process cache in front of the RDB storage, as its docs ask for a proxy
-    optuna.storages.run_grpc_proxy_server(optuna.storages.get_storage(rdb), host=host, port=port,
+    # get_storage adds Optuna's in-process cache in front of the RDB storage, as its docs ask for a proxy.
+    # The cache only knows trials it created or has read: a restarted proxy would answer "not found" to a
+    # worker still running a trial it began through the old one, so every study's trials are read first.
+    cached = optuna.storages.get_storage(open_storage(storage_url))
+    for study in cached.get_all_studies():
+        cached.get_all_trials(study._study_id, deepcopy=False)
+    optuna.storages.run_grpc_proxy_server(cached, host=host, port=port,
                                           thread_pool=ThreadPoolExecutor(max_workers=threads))

@@ -35,6 +35,10 @@ def test_commands_and_library_modules_point_one_way():
     assert commands <= set(modules), commands - set(modules)
     wrong = {m: sorted(deps & commands) for m, deps in modules.items() if deps & commands}
     assert not wrong, f"modules importing a command module: {wrong}"
+    # `from cvae_opt import NAME` is never ambiguous between an API call and a command module
+    import cvae_opt
+
+    assert not set(cvae_opt.__all__) & commands
     # the dispatcher only reaches commands by name
     assert imports_of(PACKAGE / "__main__.py") <= {"cli"}
 

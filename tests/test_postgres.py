@@ -55,3 +55,29 @@ def test_two_workers_on_postgresql(tmp_path, pg_url):
     for page in (tmp_path / "reports" / name).glob("*"):
         if page.suffix in (".html", ".yaml", ".csv"):
             assert "s3cret-pw" not in page.read_text(), page.name
+
+
+def test_workers_survive_their_database_connections_being_cut(tmp_path, pg_url):
+    """Every connection to the database is terminated by the server twice while two workers run: their
+    calls reconnect, the heartbeat goes on, and the study ends with every trial complete."""
+    import sqlalchemy
+
+    f = tiny_study(tmp_path / "tiny.yaml", epochs=3, train_size=500)
+    name = f"pg-cut-{uuid.uuid4().hex[:8]}"
+    p = subprocess.Popen([sys.executable, "-m", "cvae_opt.run", "--study", str(f), "--study-name", name, "--storage",
+                          pg_url, "--trials", "8", "--jobs", "2", "--heartbeat", "1"], cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    engine = sqlalchemy.create_engine(pg_url, poolclass=sqlalchemy.pool.NullPool)
+    cut = 0
+    for line in p.stdout:  # after the first and the third finished trial
+        if line.startswith(("[1/8]", "[3/8]")):
+            with engine.connect() as c:
+                cut += len(c.execute(sqlalchemy.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND pid <> pg_backend_pid()")).fetchall())
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err
+    assert cut >= 4  # both workers held connections (main and heartbeat threads) when they were cut
+    trials = optuna.load_study(study_name=name, storage=pg_url).trials
+    assert len(trials) == 8 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials), \
+        [t.state for t in trials]
