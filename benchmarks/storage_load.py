@@ -44,7 +44,7 @@ import optuna  # noqa: E402
 
 from cvae_opt.storage import mask_url, open_grpc_proxy, open_storage  # noqa: E402
 from cvae_opt.studies import load_study, suggest_config  # noqa: E402
-from cvae_opt.trials import RECORDED, record  # noqa: E402
+from cvae_opt.trials import RECORDED, optimize, record  # noqa: E402
 
 S = optuna.trial.TrialState
 STUDY = "cvae_re"  # the study file whose sampler, pruner and search space the workers use
@@ -111,7 +111,9 @@ def worker(args: argparse.Namespace) -> int:
     while not Path(args.go).exists():
         time.sleep(0.05)
     try:
-        study.optimize(objective, n_trials=args.trials, gc_after_trial=False)
+        dropped = optimize(study, objective, args.trials, gc_after_trial=False)  # as cvae-opt run's workers do
+        if dropped:
+            emit(event="dropped", count=dropped)
     except Exception as exc:  # what a real worker would die of: recorded, and the exit status says so
         import traceback
 
@@ -271,6 +273,10 @@ def run_load(backend: str, n: int, args: argparse.Namespace, tmp: Path, faults: 
     asks = [e["seconds"] for e in ev if e["event"] == "asked"]
     tells = [e["seconds"] for e in ev if e["event"] == "told"]
     errors = [e["error"] for e in ev if e["event"] == "error"]
+    for i, code in enumerate(codes):  # workers that died before their first event (e.g. could not connect)
+        if code != 0 and i not in killed and not any(e["worker"] == i and e["event"] == "error" for e in ev):
+            lines = [x for x in Path(str(logs[i]) + ".err").read_text().splitlines() if x.strip()]
+            errors.append(lines[-1][:300] if lines else f"exit status {code}")
     finished = [t for t in trials if t.state.is_finished()]
     out = {
         "backend": backend, "workers": n, "faults": faults, "trials": len(trials),
@@ -278,7 +284,7 @@ def run_load(backend: str, n: int, args: argparse.Namespace, tmp: Path, faults: 
         "ask_median": statistics.median(asks) if asks else math.nan, "ask_p99": pct(asks, 0.99),
         "tell_median": statistics.median(tells) if tells else math.nan, "tell_p99": pct(tells, 0.99),
         "peak_connections": monitor.peak if monitor.engine else None,
-        "errors": len(errors) + sum(1 for i, c in enumerate(codes) if c not in (0,) and i not in killed),
+        "errors": len(errors),
         "error_examples": sorted(set(errors))[:3],
     }
     if faults:
@@ -299,6 +305,7 @@ def run_load(backend: str, n: int, args: argparse.Namespace, tmp: Path, faults: 
         asked = {e["number"] for e in ev if e["event"] == "asked"}
         out.update({
             "killed": len(killed), "cut": cut, "finish": finish, "states": states,
+            "dropped": sum(e.get("count", 0) for e in ev if e["event"] == "dropped"),
             "unique_numbers": len(by_number) == len(trials), "retries_ok": not bad_retry, "bad_retry": bad_retry,
             "lost_attrs": lost_attrs, "lost_reports": lost_reports,
             "asked_equals_stored": asked == set(by_number), "asked": len(asked),
@@ -323,8 +330,8 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=5, help="reports per trial (default 5)")
     ap.add_argument("--epoch-seconds", type=float, default=0.2, help="the stand-in's sleep per epoch (default 0.2)")
     ap.add_argument("--heartbeat", type=int, default=60, help="heartbeat seconds of the load runs (default 60, the suite's)")
-    ap.add_argument("--fault-heartbeat", type=int, default=5,
-                    help="heartbeat seconds of the fault runs: killed trials are stale after 3x (default 5)")
+    ap.add_argument("--fault-heartbeat", type=int, default=20,
+                    help="heartbeat seconds of the fault runs: killed trials are stale after 3x (default 20)")
     ap.add_argument("--postgres-url", default=os.environ.get("CVAE_OPT_TEST_POSTGRES_URL"))
     ap.add_argument("--faults", action="store_true", help="also the fault runs, at the largest --workers")
     ap.add_argument("--no-load", action="store_true", help="only the fault runs")
@@ -368,7 +375,8 @@ def main() -> int:
             for backend in [b for b in backends if b != "sqlite"] or backends:
                 r = run_load(backend, n, args, Path(tmp), faults=True)
                 print(f"\nfaults, {backend}, {n} workers: {r['killed']} SIGKILLed mid-trial, {r['cut'] or 'no server to cut'}, "
-                      f"{r['finish'] or 'no finishing run needed'}; {r['errors']} errors in surviving workers"
+                      f"{r['finish'] or 'no finishing run needed'}; {r['errors']} errors in surviving workers, "
+                      f"{r['dropped']} results dropped for trials failed as stale while running"
                       + (f" (e.g. {r['error_examples'][0]})" if r["error_examples"] else ""))
                 print("  states: " + ", ".join(f"{k.lower()} {v}" for k, v in r["states"].items() if v))
                 print(f"  FAIL trials each retried once, retry finished: {'yes' if r['retries_ok'] else 'NO ' + str(r['bad_retry'])}; "

@@ -25,6 +25,7 @@ from .sampling import make_pruner, make_sampler, pruner_name
 from .storage import DEFAULT_ARTIFACTS, DEFAULT_STORAGE, HEARTBEAT_SECONDS, artifact_store, mask_url, open_storage
 from .studies import StudySpec, load_study
 from .trials import best_trial_or_none, keep_best_checkpoints
+from .trials import optimize as trials_optimize
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
 
@@ -293,14 +294,16 @@ def optimize(study: optuna.Study, w: Worker, children: list[subprocess.Popen], s
     """Run this worker's trials and wait for the others; returns whether it was interrupted (Ctrl-C or
     SIGTERM: the running trial fails, the children get SIGINT and a minute to stop)."""
     try:
-        study.optimize(
-            w.objective,
-            n_trials=_share(w.options.trials, w.options.jobs, w.index),
-            timeout=w.options.timeout,
+        dropped = trials_optimize(
+            study, w.objective, _share(w.options.trials, w.options.jobs, w.index), w.options.timeout,
             catch=(NonFiniteLoss, UserError, ArtifactError),
             callbacks=[Progress(w.spec, w.options.trials, start["finished"], quiet)],
             gc_after_trial=False,
         )
+        if dropped:
+            print(f"warning: {dropped} trial(s) of this worker were failed as stale while they ran (heartbeats "
+                  f"delayed past {3 * w.options.heartbeat}s: an overloaded storage?); their retries run them again",
+                  file=sys.stderr, flush=True)
         for ch in children:
             ch.wait()
         return False

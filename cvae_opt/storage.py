@@ -79,11 +79,11 @@ def open_storage(url: str = DEFAULT_STORAGE, heartbeat: int = HEARTBEAT_SECONDS)
         except Exception as exc:
             # workers started at once on a new database race to create its tables: the losers see
             # "already exists" / a duplicate key, and the schema is there when they look again
-            text = str(exc)
+            text = f"{exc} {exc.__cause__ or ''}"  # Optuna wraps the driver's error; its words are in the cause
             if attempt < SCHEMA_RACE_RETRIES and any(m in text for m in SCHEMA_RACE_MESSAGES):
                 time.sleep(0.2 * (attempt + 1))
                 continue
-            first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if "too many clients" in text or "Too many connections" in text:
                 first += (" (each worker holds up to 2 connections, one for its heartbeat: raise the server's "
                           "max_connections, or serve the database through cvae-opt storage-proxy)")
@@ -220,7 +220,11 @@ class HeartbeatGrpcProxy(GrpcStorageProxy, BaseHeartbeat):
 
         self._channel = grpc.insecure_channel(f"{self._host}:{self._port}", options=[
             ("grpc.max_receive_message_length", -1), ("grpc.enable_retries", 1),
-            ("grpc.service_config", _GRPC_SERVICE_CONFIG)])
+            ("grpc.service_config", _GRPC_SERVICE_CONFIG),
+            # reconnect within 2 s of a restarted proxy (gRPC's default backoff grows to 2 minutes, longer
+            # than the heartbeat grace: live trials would be failed as stale)
+            ("grpc.initial_reconnect_backoff_ms", 250), ("grpc.min_reconnect_backoff_ms", 250),
+            ("grpc.max_reconnect_backoff_ms", 2000)])
         self._stub = api_pb2_grpc.StorageServiceStub(self._channel)
         self._cache = GrpcClientCache(self._stub)
 
@@ -234,10 +238,11 @@ class HeartbeatGrpcProxy(GrpcStorageProxy, BaseHeartbeat):
         now = time.time()
         stale = []
         for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-            beat = t.system_attrs.get(HEARTBEAT_ATTR)
-            if beat is None:  # started, not yet beaten: count from its start
-                beat = t.datetime_start.timestamp() if t.datetime_start else now
-            if now - float(beat) > self._grace:
+            # a retry inherits its stale original's attributes, heartbeat included: count no beat from
+            # before this trial started (and a trial not yet beaten from its start)
+            start = t.datetime_start.timestamp() if t.datetime_start else now
+            beat = max(float(t.system_attrs.get(HEARTBEAT_ATTR, start)), start)
+            if now - beat > self._grace:
                 stale.append(t._trial_id)
         return stale
 

@@ -3,6 +3,10 @@ YAML that `retrain` takes. The run, report, export and the objective's keep-best
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from typing import Any
+
 import optuna
 import yaml
 from optuna.artifacts import FileSystemArtifactStore
@@ -101,3 +105,35 @@ def record(trial: optuna.Trial, metrics: dict[str, float]) -> None:
     for k in RECORDED:
         if k in metrics and isinstance(metrics[k], (int, float)):
             trial.set_user_attr(k, float(metrics[k]))
+
+
+STALE_TELL = "Cannot tell a FAIL trial"  # Optuna's words when a worker finishes a trial failed as stale
+
+
+def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], Any], n_trials: int,
+             timeout: float | None = None, **kwargs: Any) -> int:
+    """`study.optimize` for a worker among many: when this worker's running trial was failed as stale by
+    another worker (its heartbeat stalled for longer than the grace period: an overloaded storage, a long
+    network outage), Optuna refuses to record its result and stops the loop. The result is dropped (the
+    retry created for the stale trial runs the same parameters again) and the worker goes on with the
+    trials it has left instead of dying. Returns how many trials had their result dropped so."""
+    asked = 0
+    dropped = 0
+    deadline = None if timeout is None else time.monotonic() + timeout
+
+    def counted(trial: optuna.Trial) -> Any:
+        nonlocal asked
+        asked += 1
+        return objective(trial)
+
+    while True:
+        left = None if deadline is None else deadline - time.monotonic()
+        if asked >= n_trials or (left is not None and left <= 0):
+            return dropped
+        try:
+            study.optimize(counted, n_trials=n_trials - asked, timeout=left, **kwargs)
+            return dropped
+        except ValueError as exc:
+            if STALE_TELL not in str(exc):
+                raise
+            dropped += 1
