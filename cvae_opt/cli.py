@@ -22,6 +22,8 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool killed 
 
 
 def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
+    # commands draw into files only: no GUI backend, even on a desktop (a notebook keeps its own backend)
+    os.environ.setdefault("MPLBACKEND", "Agg")
     quiet_libraries()
     try:
         return int(main(argv) or 0)

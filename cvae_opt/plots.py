@@ -8,18 +8,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.collections import LineCollection
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.collections import LineCollection  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from .files import atomic_write  # noqa: E402
-from .metrics import can_enumerate, enumerate_solutions  # noqa: E402
-from .models import CVAE  # noqa: E402
-from .problems import Problem  # noqa: E402
+from .files import atomic_write
+from .metrics import can_enumerate, enumerate_solutions
+from .models import CVAE
+from .problems import Problem
 
 
 def samples_figure(

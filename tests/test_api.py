@@ -56,7 +56,8 @@ def test_the_quickstart_notebook_runs_and_is_committed_without_outputs(tmp_path)
     nb = nbformat.read(path, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code and all(not c.outputs and c.execution_count is None for c in code), "commit the notebook without outputs"
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    nb = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    code = [c for c in nb.cells if c.cell_type == "code"]
     images = sum("image/png" in o.get("data", {}) for c in code for o in c.outputs)
     assert images >= 4  # history, importance, raw and refined samples
     text = "".join(o.get("text", "") for c in code for o in c.outputs if o.get("output_type") == "stream")
