@@ -157,12 +157,11 @@ class Generator:
         yy = conditions(y, self.problem)
         t0 = time.perf_counter()
         x = generate_samples(self.model, yy, n, seed=seed, batch=batch, problem=self.problem, **options)
-        meta = {"checkpoint": self.source, "conditions": y if isinstance(y, (str, Path)) else "array",
+        meta = {"checkpoint": self.source, "conditions": str(y) if isinstance(y, (str, Path)) else "array",
                 "samples_per_condition": n, "n_conditions": len(yy), "seed": seed,
                 "seconds": time.perf_counter() - t0, **options,
                 "mode": "raw" if not (refine or oversample > 1) else "refined",
                 "latent_type": self.config.model.latent_type}
-        meta["conditions"] = str(meta["conditions"])
         return Samples(x, yy.cpu(), self.problem, meta)
 
     def save(self, path: str | Path) -> Path:

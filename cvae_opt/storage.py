@@ -112,7 +112,7 @@ class ReconnectingRDBStorage(optuna.storages.RDBStorage):
     that reached the database before the connection broke is recognised on the retry, not reported as
     an error. Other errors pass through at once."""
 
-    def _retrying(self, name: str, call: Callable[[], object]) -> object:
+    def _retrying(self, call: Callable[[], object]) -> object:
         deadline = time.monotonic() + RECONNECT_SECONDS
         delay = 0.25
         while True:
@@ -138,14 +138,14 @@ class ReconnectingRDBStorage(optuna.storages.RDBStorage):
             finally:
                 first[0] = False
 
-        return self._retrying("set_trial_state_values", call)
+        return self._retrying(call)
 
 
 def _wrap_retrying(name: str) -> None:
     base = getattr(optuna.storages.RDBStorage, name)
 
     def method(self: ReconnectingRDBStorage, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        return self._retrying(name, lambda: base(self, *args, **kwargs))
+        return self._retrying(lambda: base(self, *args, **kwargs))
 
     method.__name__ = name
     method.__doc__ = base.__doc__
