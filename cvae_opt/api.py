@@ -28,7 +28,7 @@ from .data import Pairs, load_pairs, save_pairs
 from .errors import UserError
 from .files import atomic_write_text
 from .metrics import can_enumerate, enumerate_solutions, evaluate_samples
-from .models import CVAE
+from .models import CVAE, repeat_rows
 from .problems import Problem, resolve_problem, supports_forward_mode
 from .refine import generate_samples
 from .runner import RunOptions
@@ -94,9 +94,7 @@ class Samples:
 
     def pairs(self) -> Pairs:
         """The challenge's submission layout: rows (generated x, its given y), y by y."""
-        m, n = self.x.shape[:2]
-        y = self.y.cpu().unsqueeze(1).expand(m, n, *self.y.shape[1:]).reshape(m * n, *self.y.shape[1:])
-        return Pairs(self.x.reshape(m * n, *self.x.shape[2:]), y.contiguous())
+        return Pairs(self.x.reshape(-1, *self.x.shape[2:]), repeat_rows(self.y.cpu(), self.x.shape[1]).contiguous())
 
     def save(self, path: str | Path) -> Path:
         """Write a challenge-format submission (TensorDataset of (x, given y), each (N, 1, P, 2)) and its

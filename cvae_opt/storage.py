@@ -253,14 +253,18 @@ class HeartbeatGrpcProxy(GrpcStorageProxy, BaseHeartbeat):
         return self._stale_callback
 
 
-def open_grpc_proxy(url: str, heartbeat: int = HEARTBEAT_SECONDS, timeout: float = 10.0) -> HeartbeatGrpcProxy:
-    """A client of `cvae-opt storage-proxy` at grpc://host:port, checked to answer within `timeout`."""
-    host, port = parse_grpc_url(url)
+def _require_grpc(who: str) -> None:
     try:
         import grpc  # noqa: F401
         import google.protobuf  # noqa: F401
     except ImportError:
-        raise UserError(f"storage {url}: the gRPC proxy client needs grpcio and protobuf; {GRPC_EXTRA}") from None
+        raise UserError(f"{who} needs grpcio and protobuf; {GRPC_EXTRA}") from None
+
+
+def open_grpc_proxy(url: str, heartbeat: int = HEARTBEAT_SECONDS, timeout: float = 10.0) -> HeartbeatGrpcProxy:
+    """A client of `cvae-opt storage-proxy` at grpc://host:port, checked to answer within `timeout`."""
+    host, port = parse_grpc_url(url)
+    _require_grpc(f"storage {url}: the gRPC proxy client")
     proxy = HeartbeatGrpcProxy(host=host, port=port, heartbeat=heartbeat,
                                stale_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
     try:
@@ -278,11 +282,7 @@ def serve_grpc_proxy(storage_url: str, host: str, port: int, threads: int) -> No
 
     if storage_url.startswith("grpc://"):
         raise UserError("--storage: the proxy serves a database (an SQLAlchemy URL), not another proxy")
-    try:
-        import grpc  # noqa: F401
-        import google.protobuf  # noqa: F401
-    except ImportError:
-        raise UserError(f"the storage proxy needs grpcio and protobuf; {GRPC_EXTRA}") from None
+    _require_grpc("the storage proxy")
     # get_storage adds Optuna's in-process cache in front of the RDB storage, as its docs ask for a proxy.
     # The cache only knows trials it created or has read: a restarted proxy would answer "not found" to a
     # worker still running a trial it began through the old one, so every study's trials are read first.
