@@ -80,7 +80,9 @@ def open_storage(url: str = DEFAULT_STORAGE, heartbeat: int = HEARTBEAT_SECONDS)
             # workers started at once on a new database race to create its tables: the losers see
             # "already exists" / a duplicate key, and the schema is there when they look again
             text = f"{exc} {exc.__cause__ or ''}"  # Optuna wraps the driver's error; its words are in the cause
-            if attempt < SCHEMA_RACE_RETRIES and any(m in text for m in SCHEMA_RACE_MESSAGES):
+            # a connection lost while the storage opens (a server restart, a cut) is worth another try too
+            if attempt < SCHEMA_RACE_RETRIES and (any(m in text for m in SCHEMA_RACE_MESSAGES) or _connection_lost(exc)
+                                                  or "terminating connection" in text):
                 time.sleep(0.2 * (attempt + 1))
                 continue
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

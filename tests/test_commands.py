@@ -387,7 +387,10 @@ def test_sigterm_fails_the_running_trial_and_the_study_resumes(tmp_path):
         for line in p.stdout:
             lines.append(line)
             if line.startswith("[1/"):
-                time.sleep(0.3)  # into the second trial
+                deadline = time.time() + 60  # into the second trial: it is running and has reported an epoch
+                while time.time() < deadline and not any(
+                        t.number == 1 and t.state == S.RUNNING and t.intermediate_values for t in load(url, "tiny").trials):
+                    time.sleep(0.05)
                 p.send_signal(signal.SIGTERM)
                 break
         rest, err = p.communicate(timeout=120)
