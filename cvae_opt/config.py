@@ -25,6 +25,7 @@ DEFAULT_CACHE_DIR = "storage/data"  # synthetic training pairs, keyed by what th
 # the choices of the string-valued settings; models.py builds what these name
 ARCHS = ("cvae", "cvae_re")
 HEADS = ("signal", "line")
+BODIES = ("conv", "mlp")
 LATENT_TYPES = ("gaussian", "categorical", "mixed")
 RECOGNITIONS = ("encoder", "exact")
 DECODER_SCALES = ("fixed", "learnt")
@@ -82,6 +83,13 @@ class ModelConfig:
     # learnt sigma: the loss is the Gaussian negative log-likelihood 0.5 * (mse / sigma^2 + log sigma^2),
     # so the assignment of x to hypotheses starts soft and sharpens as the fit improves)
     decoder_scale: str = "fixed"
+    # field problems (a grid or a profile): the networks' body, `conv` (strided 2D convolutions with
+    # `channels` and `kernels` for grids, 1D for profiles) or `mlp` (the model flattened); line problems
+    # keep their 1D convolutional encoder
+    body: str = "conv"
+    # field problems: a linear path from the decoder's input (z, y) straight to x, added to the network's
+    # output, so a near-linear posterior map (a linear forward problem with a Gaussian prior) is easy to learn
+    skip: bool = False
 
     @property
     def has_components(self) -> bool:
@@ -91,9 +99,10 @@ class ModelConfig:
     def has_gaussian(self) -> bool:
         return self.latent_type in ("gaussian", "mixed")
 
-    def validate(self, where: str = "model", n_points: int | None = None) -> None:
-        """Every value a network can be built from; with `n_points`, also that the convolutions fit."""
-        _one_of(self, where, arch=ARCHS, head=HEADS, activation=ACTIVATIONS, latent_type=LATENT_TYPES,
+    def validate(self, where: str = "model", n_points: int | None = None, grid: tuple[int, ...] | None = None) -> None:
+        """Every value a network can be built from; with `n_points` (line problems) or `grid` (a field
+        problem's model shape), also that the convolutions fit."""
+        _one_of(self, where, arch=ARCHS, head=HEADS, body=BODIES, activation=ACTIVATIONS, latent_type=LATENT_TYPES,
                 component_prior=COMPONENT_PRIORS, recognition=RECOGNITIONS, decoder_scale=DECODER_SCALES)
         _at_least(self, where, latent=1, hidden=1, prior_hidden=1, prior_depth=1, decoder_depth=1)
         if len(self.channels) != len(self.kernels) or not self.channels:
@@ -103,7 +112,12 @@ class ModelConfig:
             raise UserError(f"{where}.channels {self.channels} and {where}.kernels {self.kernels} must be positive")
         if self.has_components and self.components < 2:
             raise UserError(f"{where}.components: {self.components}; a {self.latent_type} latent needs at least 2")
-        if n_points is not None and conv_length(n_points, self.kernels) < 1:
+        if grid is not None and self.body == "conv":
+            if min(grid) < 2 ** len(self.channels):
+                raise UserError(f"{where}.channels {self.channels}: {len(self.channels)} stride-2 convolutions "
+                                f"need every side of the model ({' x '.join(map(str, grid))}) to be at least "
+                                f"{2 ** len(self.channels)} cells; use fewer layers or body: mlp")
+        elif n_points is not None and grid is None and conv_length(n_points, self.kernels) < 1:
             raise UserError(
                 f"{where}.kernels {self.kernels} shrink {n_points} points to {conv_length(n_points, self.kernels)}; "
                 f"their sizes minus one must add up to less than {n_points}"

@@ -1,7 +1,7 @@
 """Training pairs: synthetic draws from the challenge's prior, and the challenge's TensorDataset files.
 
-Inside the package x is (N, n_points, 2) and y is (N, n_points, k); files use the challenge layout
-(N, 1, n_points, 2|k). Files are pickles, so they are loaded with `weights_only=True` and only
+Inside the package x is (N, *x_shape) ((N, n_points, 2) for line pairs) and y is (N, n_points, k); line
+files use the challenge layout (N, 1, n_points, 2|k), field problems' files (N, *x_shape) and (N, n_points, k). Files are pickles, so they are loaded with `weights_only=True` and only
 TensorDataset is allowed through: a hostile file is refused before any of its code can run.
 """
 
@@ -20,7 +20,7 @@ from torch.utils.data import TensorDataset
 from .config import DEFAULT_CACHE_DIR, DataConfig
 from .errors import UserError
 from .files import atomic_write
-from .problems import Problem, ends_from_unit, line_points
+from .problems import AnyProblem
 CHALLENGE_DIR = Path(__file__).resolve().parent / "challenge_data"  # shipped with the package
 CHALLENGE_FILES = {
     "two_birds:scoring": "scoring_dataset.pt",
@@ -48,7 +48,7 @@ def resolve_data_path(name: Path | str) -> Path:
 
 @dataclass
 class Pairs:
-    x: torch.Tensor  # (N, n_points, 2)
+    x: torch.Tensor  # (N, *x_shape): (N, n_points, 2) for line pairs
     y: torch.Tensor  # (N, n_points, k)
 
     def __len__(self) -> int:
@@ -59,20 +59,23 @@ class Pairs:
 
 
 def sample_lines(
-    problem: Problem, n: int, generator: torch.Generator, dtype: torch.dtype = torch.float64
+    problem: AnyProblem, n: int, generator: torch.Generator, dtype: torch.dtype = torch.float64
 ) -> torch.Tensor:
-    """x drawn as the challenge draws it: for a descending channel the end ~ U(box), the start ~
-    U(end, top); for an ascending one the start ~ U(box), the end ~ U(start, top). Drawn in `dtype`
-    on the generator's device, returned as float32."""
-    u = torch.rand(n, 4, generator=generator, dtype=dtype, device=generator.device)
-    ends = ends_from_unit(u, problem.box, problem.slopes)
-    return line_points(ends, problem.n_points).float()
+    """n models from the problem's prior (`draw_prior`: for line pairs, as the challenge draws them),
+    drawn in `dtype` on the generator's device, returned as float32."""
+    return problem.draw_prior(n, generator, dtype).float()
 
 
-def draw_pairs(problem: Problem, n: int, generator: torch.Generator, noise: float = 0.0) -> Pairs:
+def noise_of(problem: AnyProblem, noise: float) -> float:
+    """The noise on synthetic y: the data config's when set, else the problem's own (0 for line pairs)."""
+    return noise if noise > 0 else float(problem.noise)
+
+
+def draw_pairs(problem: AnyProblem, n: int, generator: torch.Generator, noise: float = 0.0) -> Pairs:
     """n fresh pairs from the prior, drawn on the generator's device (no cache, no copy): what
     `data.fresh` trains on, a new set every epoch."""
     dev = generator.device
+    noise = noise_of(problem, noise)
     x = sample_lines(problem, n, generator, dtype=torch.float32)
     with torch.no_grad():
         y = problem(x)
@@ -81,26 +84,28 @@ def draw_pairs(problem: Problem, n: int, generator: torch.Generator, noise: floa
     return Pairs(x, y)
 
 
-def problem_fingerprint(problem: Problem) -> str:
+def problem_fingerprint(problem: AnyProblem) -> str:
     """What a problem computes, as a short hash: its declared shape and prior, and its forward values
     (to 9 significant digits) on a fixed batch of prior draws. Cached data keyed by it is never reused
     after a user edits their forward function, even under the same name."""
     x = sample_lines(problem, 16, torch.Generator().manual_seed(20_211_116)).double()
     with torch.no_grad():
         y = problem(x).double().cpu().numpy()
-    h = hashlib.sha256(repr((problem.n_points, problem.k, problem.box, problem.slopes)).encode())
+    declared = (problem.n_points, problem.k, problem.box, problem.slopes) if problem.is_lines else (
+        tuple(problem.x_shape), problem.n_points, problem.k, problem.noise)
+    h = hashlib.sha256(repr(declared).encode())
     h.update(" ".join(np.format_float_scientific(v, precision=8) for v in y.ravel()).encode())
     return h.hexdigest()[:16]
 
 
-def cache_file(problem: Problem, n: int, seed: int, noise: float, cache_dir: Path | str) -> Path:
+def cache_file(problem: AnyProblem, n: int, seed: int, noise: float, cache_dir: Path | str) -> Path:
     """Where `make_pairs` keeps its pairs: named by the problem, keyed by what it computes."""
     name = "".join(c if c.isalnum() or c in "-_" else "_" for c in problem.name)
     return Path(cache_dir) / f"{name}-{problem_fingerprint(problem)}-n{n}-seed{seed}-noise{noise:g}.pt"
 
 
 def make_pairs(
-    problem: Problem,
+    problem: AnyProblem,
     n: int,
     seed: int,
     noise: float = 0.0,
@@ -116,15 +121,16 @@ def make_pairs(
     x = sample_lines(problem, n, gen)
     with torch.no_grad():
         y = problem(x.double()).float()
+    noise = noise_of(problem, noise)
     if noise > 0:
         y = y + noise * torch.randn(y.shape, generator=gen)
     pairs = Pairs(x, y)
     if path is not None:
-        save_pairs(path, pairs)
+        save_pairs(path, pairs, field=not problem.is_lines)
     return pairs
 
 
-def load_training(d: DataConfig, problem: Problem) -> Pairs:
+def load_training(d: DataConfig, problem: AnyProblem) -> Pairs:
     """The training pairs a data config names: a file, else seeded synthetic draws (with `fresh`, the
     first epoch's draw: training replaces them every epoch, so they are not cached)."""
     if d.train_file:
@@ -134,7 +140,7 @@ def load_training(d: DataConfig, problem: Problem) -> Pairs:
     return make_pairs(problem, d.train_size, d.seed, d.noise, d.cache_dir)
 
 
-def load_validation(d: DataConfig, problem: Problem) -> Pairs:
+def load_validation(d: DataConfig, problem: AnyProblem) -> Pairs:
     """The validation pairs: a file, else synthetic draws from a different seed than training, so the
     two never overlap."""
     if d.val_file:
@@ -142,15 +148,19 @@ def load_validation(d: DataConfig, problem: Problem) -> Pairs:
     return make_pairs(problem, d.val_size, d.seed + 1_000_003, d.noise, d.cache_dir)
 
 
-def load_data(d: DataConfig, problem: Problem) -> tuple[Pairs, Pairs]:
+def load_data(d: DataConfig, problem: AnyProblem) -> tuple[Pairs, Pairs]:
     """Training and validation pairs as a data config says."""
     return load_training(d, problem), load_validation(d, problem)
 
 
-def save_pairs(path: Path | str, pairs: Pairs) -> Path:
-    """Write the challenge layout atomically (temporary file, then rename)."""
+def save_pairs(path: Path | str, pairs: Pairs, field: bool = False) -> Path:
+    """Write pairs atomically (temporary file, then rename): line pairs in the challenge layout, field
+    models (`field`) as they are."""
     path = Path(path)
-    ds = TensorDataset(pairs.x.detach().cpu().unsqueeze(1).contiguous(), pairs.y.detach().cpu().unsqueeze(1).contiguous())
+    x, y = pairs.x.detach().cpu(), pairs.y.detach().cpu()
+    if x.dim() == 3 and x.shape[-1] == 2 and not field:  # line pairs: the challenge layout
+        x, y = x.unsqueeze(1), y.unsqueeze(1)
+    ds = TensorDataset(x.contiguous(), y.contiguous())
     atomic_write(path, lambda fh: torch.save(ds, fh))
     return path
 
@@ -189,7 +199,20 @@ def _as_points(t: torch.Tensor, n_points: int, width: int | None, what: str, pat
     return t
 
 
-def load_pairs(path: Path | str, problem: Problem | None = None, n_points: int = 50) -> Pairs:
+def _as_field(t: torch.Tensor, shape: tuple[int, ...], path: Path) -> torch.Tensor:
+    """(N, *shape), (N, 1, *shape) or flattened (N, prod(shape)) -> (N, *shape)."""
+    found = tuple(t.shape)
+    size = int(np.prod(shape))
+    if t.dim() == len(shape) + 2 and t.shape[1] == 1:
+        t = t[:, 0]
+    elif t.dim() == 2 and t.shape[1] == size:
+        t = t.reshape(-1, *shape)
+    if tuple(t.shape[1:]) != shape:
+        raise UserError(f"{path}: x has shape {found}, expected (N, {', '.join(map(str, shape))})")
+    return t
+
+
+def load_pairs(path: Path | str, problem: AnyProblem | None = None, n_points: int = 50) -> Pairs:
     """Read a challenge-format file (or a built-in name such as `two_birds:scoring`); refuse anything
     else with one line that says what was found."""
     path = resolve_data_path(path)
@@ -208,8 +231,15 @@ def load_pairs(path: Path | str, problem: Problem | None = None, n_points: int =
         raise UserError(f"{path}: holds {len(tensors)} tensors, expected 2 (x, y)")
     if problem is not None:
         n_points = problem.n_points
-    x = _as_points(tensors[0], n_points, 2, "x", path)
-    y = _as_points(tensors[1], n_points, problem.k if problem is not None else None, "y", path)
+    if problem is not None and not problem.is_lines:
+        x = _as_field(tensors[0], tuple(problem.x_shape), path)
+        y = tensors[1]
+        if y.dim() == 2 and problem.k == 1:
+            y = y.unsqueeze(-1)
+        y = _as_points(y, n_points, problem.k, "y", path)
+    else:
+        x = _as_points(tensors[0], n_points, 2, "x", path)
+        y = _as_points(tensors[1], n_points, problem.k if problem is not None else None, "y", path)
     if x.shape[0] != y.shape[0]:
         raise UserError(f"{path}: x has {x.shape[0]} rows but y has {y.shape[0]}; expected one y per x")
     if x.shape[0] == 0:

@@ -33,7 +33,8 @@ import math
 import numpy as np
 import torch
 
-from .problems import Problem, line_ends, line_fit, line_points, sample_misfit
+from .field_metrics import evaluate_field_samples
+from .problems import AnyProblem, Problem, line_ends, line_fit, line_points, sample_misfit
 
 VALID_MISFIT = 0.05
 VALID_R2 = 0.99
@@ -224,7 +225,7 @@ def _hit_matrix(samples: np.ndarray, sols: np.ndarray, tol: float) -> np.ndarray
 
 
 def evaluate_samples(
-    problem: Problem,
+    problem: AnyProblem,
     samples: torch.Tensor,
     y: torch.Tensor,
     solutions: list[np.ndarray] | None = None,
@@ -234,7 +235,10 @@ def evaluate_samples(
     weights: list[np.ndarray] | None = None,
 ) -> dict[str, float]:
     """All metrics for samples (M, S, P, 2) answering y (M, P, k); see the module docstring.
-    `weights`: the solutions' `mode_weights`, when the caller has them (a trial's every epoch)."""
+    `weights`: the solutions' `mode_weights`, when the caller has them (a trial's every epoch).
+    Field problems (a grid, a profile) are scored as continuous posteriors: `field_metrics`."""
+    if not problem.is_lines:
+        return evaluate_field_samples(problem, samples, y, truth)
     samples = torch.as_tensor(samples).detach().double().cpu()
     y = torch.as_tensor(y).detach().double().cpu()
     m, s = samples.shape[:2]

@@ -19,19 +19,26 @@ The component prior is r(c | y) for `cvae_re` (the prior network gives the weigh
 from it) and, as that architecture has no prior network, a y-independent one for `cvae`: uniform or a
 learnt vector of K logits (`component_prior`).
 
-Decoder heads: `signal` emits all n_points x 2 values through transposed convolutions (as in the
-notebooks); `line` emits the four end points through a map that keeps lines straight, inside the prior
-box and correctly sloped by construction.
+Decoder heads (line problems): `signal` emits all n_points x 2 values through transposed convolutions
+(as in the notebooks); `line` emits the four end points through a map that keeps lines straight, inside
+the prior box and correctly sloped by construction.
+
+Field problems (a grid of cells, a profile: `problems.FieldProblem`) get `FieldEncoder` and
+`FieldDecoder`, whose body is strided convolutions (2D for grids, 1D for profiles) or an MLP
+(`body`), optionally with a linear path from (z, y) to x (`skip`). They work in the problem's units:
+x divided by its prior scale, y by its noise, so one search space serves any units.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 
 from .config import ACTIVATIONS as ACTIVATION_NAMES
 from .config import DRAWS, ModelConfig, conv_length
-from .problems import Problem, ends_from_unit, line_points
+from .problems import AnyProblem, Problem, ends_from_unit, line_points
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -122,14 +129,15 @@ class Encoder(nn.Module):
 class PriorNet(nn.Module):
     """r(z | y) of the dual-encoder CVAE (and r(c | y), the component weights, for component latents)."""
 
-    def __init__(self, cfg: ModelConfig, n_points: int, k: int):
+    def __init__(self, cfg: ModelConfig, n_points: int, k: int, y_scale: float = 1.0):
         super().__init__()
         sizes = [n_points * k] + [cfg.prior_hidden] * max(cfg.prior_depth, 1)
         self.mlp = _mlp(sizes, cfg.activation, cfg.batch_norm)
         self.head = LatentHead(cfg.prior_hidden, cfg)
+        self.y_scale = float(y_scale)
 
     def forward(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.head(self.mlp(y.flatten(1)))
+        return self.head(self.mlp(y.flatten(1) / self.y_scale))
 
 
 class Decoder(nn.Module):
@@ -202,6 +210,111 @@ class Decoder(nn.Module):
         return ends_from_unit(u.view(*u.shape[:-1], -1, 4), self.box, self.slopes).flatten(-2)
 
 
+def _spatial(shape: tuple[int, ...]) -> int:
+    """Spatial dimensions a field's convolutions run over: 2 for a grid (nz, nx), 1 for a profile (n,)."""
+    return 2 if len(shape) == 2 else 1
+
+
+class FieldEncoder(nn.Module):
+    """q(z | x, y) for a field problem: x (B, *x_shape) through stride-2 convolutions (each halves every
+    side; `channels`, `kernels`) or flattened (`body: mlp`), then with y through `decoder_depth` layers."""
+
+    def __init__(self, cfg: ModelConfig, problem: AnyProblem):
+        super().__init__()
+        self.shape = tuple(problem.x_shape)
+        self.x_scale, self.y_scale = float(problem.x_scale), float(problem.y_scale)
+        self.conv = cfg.body == "conv" and len(self.shape) in (1, 2)
+        if self.conv:
+            d = _spatial(self.shape)
+            Conv, Norm = (nn.Conv2d, nn.BatchNorm2d) if d == 2 else (nn.Conv1d, nn.BatchNorm1d)
+            layers: list[nn.Module] = []
+            c_in = 1
+            for c, ks in zip(cfg.channels, cfg.kernels):
+                layers.append(Conv(c_in, c, ks, stride=2, padding=(ks - 1) // 2))
+                if cfg.batch_norm:
+                    layers.append(Norm(c))
+                layers.append(ACTIVATIONS[cfg.activation]())
+                c_in = c
+            self.body = nn.Sequential(*layers)
+            with torch.no_grad():
+                feat = self.body(torch.zeros(1, 1, *self.shape)).numel()
+        else:
+            self.body = nn.Flatten(1)
+            feat = math.prod(self.shape)
+        sizes = [feat + problem.n_points * problem.k] + [cfg.hidden] * max(1, cfg.decoder_depth)
+        self.mlp = _mlp(sizes, cfg.activation, cfg.batch_norm)
+        self.head = LatentHead(cfg.hidden, cfg)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = x / self.x_scale
+        h = self.body(x.unsqueeze(1) if self.conv else x).flatten(1)
+        return self.head(self.mlp(torch.cat([h, y.flatten(1) / self.y_scale], dim=1)))
+
+
+class FieldDecoder(nn.Module):
+    """p(x | z, c, y) for a field problem: (z, y, one-hot c) through `decoder_depth` layers, then either a
+    linear layer to every cell (`body: mlp`) or a coarse map upsampled by 2 per layer through
+    convolutions (`body: conv`, channels reversed, one output channel), cropped to the model's shape;
+    with `skip`, plus a linear map of the input. Output in the problem's units."""
+
+    def __init__(self, cfg: ModelConfig, problem: AnyProblem):
+        super().__init__()
+        self.shape = tuple(problem.x_shape)
+        self.x_scale, self.y_scale = float(problem.x_scale), float(problem.y_scale)
+        self.z_dim = cfg.latent if cfg.has_gaussian else 0
+        self.n_comp = cfg.components if cfg.has_components else 1
+        self.one_hot = cfg.has_components
+        c_in = self.z_dim + problem.n_points * problem.k + (self.n_comp if self.one_hot else 0)
+        self.trunk = _mlp([c_in] + [cfg.hidden] * max(1, cfg.decoder_depth), cfg.activation, cfg.batch_norm)
+        size = math.prod(self.shape)
+        self.conv = cfg.body == "conv" and len(self.shape) in (1, 2)
+        if self.conv:
+            d = _spatial(self.shape)
+            n_up = len(cfg.channels)
+            self.coarse = tuple(math.ceil(s / 2**n_up) for s in self.shape)
+            self.c_last = cfg.channels[-1]
+            self.expand = nn.Sequential(nn.Linear(cfg.hidden, self.c_last * math.prod(self.coarse)), ACTIVATIONS[cfg.activation]())
+            Conv = nn.Conv2d if d == 2 else nn.Conv1d
+            layers: list[nn.Module] = []
+            chans = list(reversed(cfg.channels[:-1])) + [cfg.channels[0]]
+            c = self.c_last
+            for c_out, ks in zip(chans, reversed(cfg.kernels)):
+                layers += [nn.Upsample(scale_factor=2, mode="nearest"), Conv(c, c_out, ks, padding="same"),
+                           ACTIVATIONS[cfg.activation]()]
+                c = c_out
+            layers.append(Conv(c, 1, 1))
+            self.up = nn.Sequential(*layers)
+        else:
+            self.out = nn.Linear(cfg.hidden, size)
+        self.skip = nn.Linear(c_in, size) if cfg.skip else None
+
+    def forward(self, z: torch.Tensor | None, y: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, *x_shape) for rows (z, y) and components c (B,), or, with components and c None, all K
+        hypotheses (B, K, *x_shape)."""
+        b = y.shape[0]
+        yy = y.flatten(1) / self.y_scale
+        inp = yy if z is None or self.z_dim == 0 else torch.cat([z, yy], dim=1)
+        if self.one_hot:
+            if c is None:
+                eye = torch.eye(self.n_comp, dtype=inp.dtype, device=inp.device)
+                rows = torch.cat([inp.unsqueeze(1).expand(b, self.n_comp, inp.shape[1]),
+                                  eye.unsqueeze(0).expand(b, -1, -1)], dim=2).reshape(b * self.n_comp, -1)
+                return self._emit(rows).view(b, self.n_comp, *self.shape)
+            inp = torch.cat([inp, torch.nn.functional.one_hot(c, self.n_comp).to(inp.dtype)], dim=1)
+        return self._emit(inp)
+
+    def _emit(self, inp: torch.Tensor) -> torch.Tensor:
+        h = self.trunk(inp)
+        if self.conv:
+            g = self.up(self.expand(h).view(-1, self.c_last, *self.coarse))
+            x = g[(slice(None), 0) + tuple(slice(0, s) for s in self.shape)].flatten(1)
+        else:
+            x = self.out(h)
+        if self.skip is not None:
+            x = x + self.skip(inp)
+        return (x * self.x_scale).view(-1, *self.shape)
+
+
 def repeat_rows(t: torch.Tensor, n: int) -> torch.Tensor:
     """Each row of t repeated n times in place: (M, ...) -> (M * n, ...), row-major by the M rows."""
     return t.unsqueeze(1).expand(t.shape[0], n, *t.shape[1:]).reshape(t.shape[0] * n, *t.shape[1:])
@@ -211,14 +324,19 @@ class CVAE(nn.Module):
     """Either architecture: `prior` is None for `cvae` (z ~ N(0, I); component weights uniform or
     learnt without y) and r(z|y) (and r(c|y)) for `cvae_re`."""
 
-    def __init__(self, cfg: ModelConfig, problem: Problem):
+    def __init__(self, cfg: ModelConfig, problem: AnyProblem):
         super().__init__()
         self.cfg = cfg
         self.n_points, self.k = problem.n_points, problem.k
+        self.x_shape = tuple(problem.x_shape)
         exact_only = cfg.latent_type == "categorical" and cfg.recognition == "exact"
-        self.encoder = None if exact_only else Encoder(cfg, problem.n_points, problem.k)
-        self.prior = PriorNet(cfg, problem.n_points, problem.k) if cfg.arch == "cvae_re" else None
-        self.decoder = Decoder(cfg, problem)
+        if problem.is_lines:
+            self.encoder = None if exact_only else Encoder(cfg, problem.n_points, problem.k)
+            self.decoder = Decoder(cfg, problem)
+        else:
+            self.encoder = None if exact_only else FieldEncoder(cfg, problem)
+            self.decoder = FieldDecoder(cfg, problem)
+        self.prior = PriorNet(cfg, problem.n_points, problem.k, problem.y_scale) if cfg.arch == "cvae_re" else None
         if self.prior is None and cfg.has_components and cfg.component_prior == "learnt":
             self.component_logits = nn.Parameter(torch.zeros(cfg.components))
         else:
@@ -270,7 +388,7 @@ class CVAE(nn.Module):
         if eps is None:
             eps = torch.randn(m, n, self.cfg.latent, device=y.device, dtype=y.dtype)
         z = p["mu"].unsqueeze(1) + eps.to(y) * torch.exp(0.5 * p["logvar"]).unsqueeze(1)
-        return self.decoder(z.reshape(m * n, -1), repeat_rows(y, n)).view(m, n, self.n_points, 2)
+        return self.decoder(z.reshape(m * n, -1), repeat_rows(y, n)).view(m, n, *self.x_shape)
 
     def draw_all(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Every hypothesis for each y through the generation path, differentiable: x (M, K, P, 2)
@@ -330,7 +448,7 @@ class CVAE(nn.Module):
             if eps is None:
                 eps = torch.randn(m, n, self.cfg.latent, device=y.device, dtype=y.dtype)
             z = (p["mu"].unsqueeze(1) + eps.to(y) * torch.exp(0.5 * p["logvar"]).unsqueeze(1)).reshape(m * n, -1)
-        return self.decoder(z, repeat_rows(y, n), c.to(y.device).reshape(-1)).view(m, n, self.n_points, 2)
+        return self.decoder(z, repeat_rows(y, n), c.to(y.device).reshape(-1)).view(m, n, *self.x_shape)
 
     @torch.no_grad()
     def generate(
@@ -362,9 +480,12 @@ class CVAE(nn.Module):
             self.train(was_training)
 
 
-def build_model(cfg: ModelConfig, problem: Problem) -> CVAE:
+def build_model(cfg: ModelConfig, problem: AnyProblem) -> CVAE:
     """The one place a config becomes a network: trials, retraining and loading a checkpoint all call it."""
-    cfg.validate(n_points=problem.n_points)
+    if problem.is_lines:
+        cfg.validate(n_points=problem.n_points)
+    else:
+        cfg.validate(grid=tuple(problem.x_shape))
     return CVAE(cfg, problem)
 
 

@@ -1,16 +1,23 @@
-"""Forward problems: k condition functions of a model pair (x0, x1), evaluated point by point.
+"""Forward problems: what a model x is, how it is drawn, and how it maps to measurements y.
 
-A problem maps x of shape (..., n_points, 2) to y of shape (..., n_points, k) with torch operations, so
-it is differentiable, batched and runs on any device; the physics term of the loss and the refinement
-of samples both need that. It also declares the prior: the box the line end points live in and the
-sign of each channel's slope (two birds: x0 descends, x1 ascends).
+Every problem maps x of shape (..., *x_shape) to y of shape (..., n_points, k) with torch operations, so
+it is differentiable, batched and runs on any device; the physics term of the loss needs that. Two kinds:
+
+- `Problem`: the line-pair family (two birds). x is a pair of straight lines (n_points, 2) given by four
+  end points; the prior is the box the end points live in and each channel's slope sign. Its end-point
+  parametrisation (decoder `line` head, refinement) and the enumeration of exact solutions stay with it.
+- `FieldProblem`: a model of any shape (a 1D profile, a 2D grid of cells) with a prior it draws from,
+  a declared Gaussian noise on y, units, and optionally its exact posterior (`gravity2d`).
+
+Both answer `x_shape`, `draw_prior`, `noise`, `x_scale` / `y_scale` (the networks and the loss work in
+these units) and `is_lines`.
 """
 
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence, Union
 
 import torch
 
@@ -33,6 +40,67 @@ class Problem:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward(x)
+
+    is_lines = True
+    noise = 0.0  # synthetic y are exact unless the data config adds noise
+    x_scale = 1.0
+    y_scale = 1.0
+    posterior = None
+    x_units = ""
+    y_units = ""
+
+    @property
+    def x_shape(self) -> tuple[int, ...]:
+        return (self.n_points, 2)
+
+    def draw_prior(self, n: int, generator: torch.Generator, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """x drawn as the challenge draws it: for a descending channel the end ~ U(box), the start ~
+        U(end, top); for an ascending one the start ~ U(box), the end ~ U(start, top). In `dtype` on the
+        generator's device."""
+        u = torch.rand(n, 4, generator=generator, dtype=dtype, device=generator.device)
+        return line_points(ends_from_unit(u, self.box, self.slopes), self.n_points)
+
+
+@dataclass(frozen=True, eq=False)
+class FieldProblem:
+    """A problem whose model is a field of any shape (a profile, a grid of cells), drawn from its prior.
+
+    `prior(n, generator, dtype)` returns n models (n, *x_shape) on the generator's device; `noise` is the
+    standard deviation of the Gaussian noise on each y value (training pairs carry it, and fit is judged
+    against it: chi-squared per datum); `x_scale` is the prior's typical |x|; `posterior` (optional) is the
+    exact p(x | y), with `sample(y, n, seed)`, `mean(y)`, `std` and `constrained()`; `positions` are where
+    the n_points measurements are taken (for surveys read from files and for figures)."""
+
+    name: str
+    forward: Forward
+    x_shape: tuple[int, ...]
+    n_points: int
+    prior: Callable[[int, torch.Generator, torch.dtype], torch.Tensor]
+    noise: float
+    x_scale: float = 1.0
+    k: int = 1
+    x_units: str = ""
+    y_units: str = ""
+    posterior: Any = None
+    positions: tuple[float, ...] | None = None
+    cell: float | None = None  # the cell size of a grid (m), for figures
+    description: str = ""
+
+    is_lines = False
+    cosines = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward(x)
+
+    @property
+    def y_scale(self) -> float:
+        return self.noise if self.noise > 0 else 1.0
+
+    def draw_prior(self, n: int, generator: torch.Generator, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        return self.prior(n, generator, dtype)
+
+
+AnyProblem = Union[Problem, FieldProblem]
 
 
 def cosine_problem(
@@ -74,6 +142,35 @@ LINE_PRODUCT = Problem("line_product", _line_product, k=1)
 BUILTIN: dict[str, Problem] = {TWO_BIRDS.name: TWO_BIRDS, LINE_PRODUCT.name: LINE_PRODUCT}
 
 
+def gravity2d(prior: str = "gaussian", name: str | None = None, geometry: Any = None, **prior_options: Any) -> FieldProblem:
+    """The 2D gravity problem (`cvae_opt.gravity`): density contrast (kg/m^3) on a grid under a profile,
+    g_z (mGal) at surface stations. `prior`: gaussian (exact posterior known) or blocks; `geometry` a
+    `gravity.Geometry` (grid, cell size, stations); `prior_options` set the prior's parameters (for
+    gaussian: std, length_x, length_z; for blocks: max_bodies, contrast, width, thickness, max_dip)."""
+    from . import gravity as gv
+
+    geo = geometry if geometry is not None else gv.Geometry()
+    p = gv.prior_named(prior, **prior_options)
+    G = gv.sensitivity_matrix(geo)
+    noise = gv.noise_std(p, geo)
+    scale = p.std if isinstance(p, gv.GaussianField) else 100.0
+    return FieldProblem(
+        name=name or ("gravity2d" if prior == "gaussian" and not prior_options and geometry is None else f"gravity2d_{prior}"),
+        forward=gv.LinearForward(G, geo.shape), x_shape=geo.shape, n_points=geo.n_stations,
+        prior=lambda n, gen, dtype=torch.float64: gv.draw_prior(p, geo, n, gen, dtype),
+        noise=noise, x_scale=scale, x_units="kg/m^3", y_units="mGal", posterior=gv.posterior_of(p, geo, noise),
+        positions=tuple(float(v) for v in geo.stations), cell=geo.cell,
+        description=f"2D gravity, {prior} prior, {geo.nz} x {geo.nx} cells of {geo.cell:g} m, {geo.n_stations} stations",
+    )
+
+
+# built when first named: they need Harmonica (the `gravity` extra) and a few seconds to build
+LAZY: dict[str, Callable[[], FieldProblem]] = {
+    "gravity2d": lambda: gravity2d("gaussian"),
+    "gravity2d_blocks": lambda: gravity2d("blocks", name="gravity2d_blocks"),
+}
+
+
 def _check_forward(spec: str, forward: Forward, n_points: int) -> int:
     """Probe a user forward function once; return k. Catches the mistakes that would otherwise surface
     deep inside training: wrong shape, numpy instead of torch, no batching."""
@@ -106,16 +203,50 @@ def _check_forward(spec: str, forward: Forward, n_points: int) -> int:
     return int(y.shape[3])
 
 
-def resolve_problem(spec: str | Problem) -> Problem:
-    """A built-in name (`two_birds`) or an import path `package.module:attr`, where attr is a Problem
-    or a forward function (then the default box and slopes apply)."""
-    if isinstance(spec, Problem):
+_BUILT: dict[str, FieldProblem] = {}
+
+
+def _check_field(spec: str, problem: FieldProblem) -> None:
+    """Probe a user field problem once: its prior's and its forward map's shapes, gradient, finiteness."""
+    shape = tuple(problem.x_shape)
+    try:
+        x = problem.draw_prior(3, torch.Generator().manual_seed(0), torch.float32)
+    except Exception as exc:
+        raise UserError(f"problem {spec!r}: drawing from its prior raised {type(exc).__name__}: {exc}") from None
+    if not isinstance(x, torch.Tensor) or tuple(x.shape) != (3, *shape):
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise UserError(f"problem {spec!r}: its prior returned {got} for 3 draws, expected (3, {', '.join(map(str, shape))})")
+    x = x.float().requires_grad_(True)
+    try:
+        y = problem(x)
+    except Exception as exc:
+        raise UserError(f"problem {spec!r}: calling it on x of shape {tuple(x.shape)} raised {type(exc).__name__}: {exc}; "
+                        f"it must map x (..., {', '.join(map(str, shape))}) to y (..., {problem.n_points}, {problem.k})") from None
+    if not isinstance(y, torch.Tensor) or tuple(y.shape) != (3, problem.n_points, problem.k):
+        got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+        raise UserError(f"problem {spec!r} maps x of shape {tuple(x.shape)} to {got}, expected (3, {problem.n_points}, {problem.k})")
+    if not y.requires_grad:
+        raise UserError(f"problem {spec!r} returned a tensor without gradient: write it with torch operations "
+                        "(not numpy, not .detach()) so the physics loss can train through it")
+    if not torch.isfinite(y).all():
+        raise UserError(f"problem {spec!r} returned NaN or inf for draws from its prior")
+
+
+def resolve_problem(spec: str | AnyProblem) -> AnyProblem:
+    """A built-in name (`two_birds`, `gravity2d`, `gravity2d_blocks`) or an import path
+    `package.module:attr`, where attr is a Problem, a FieldProblem or a forward function of line pairs
+    (then the default box and slopes apply)."""
+    if isinstance(spec, (Problem, FieldProblem)):
         return spec
     if spec in BUILTIN:
         return BUILTIN[spec]
+    if spec in LAZY:
+        if spec not in _BUILT:
+            _BUILT[spec] = LAZY[spec]()
+        return _BUILT[spec]
     if ":" not in spec:
         raise UserError(
-            f"unknown problem {spec!r}: use one of {sorted(BUILTIN)} or an import path 'package.module:callable'"
+            f"unknown problem {spec!r}: use one of {sorted(BUILTIN) + sorted(LAZY)} or an import path 'package.module:callable'"
         )
     module_name, _, attr = spec.partition(":")
     try:
@@ -133,16 +264,19 @@ def resolve_problem(spec: str | Problem) -> Problem:
     if isinstance(obj, Problem):
         _check_forward(spec, obj.forward, obj.n_points)
         return obj
+    if isinstance(obj, FieldProblem):
+        _check_field(spec, obj)
+        return obj
     if not callable(obj):
         raise UserError(f"problem {spec!r} is a {type(obj).__name__}, expected a Problem or a callable")
     k = _check_forward(spec, obj, 50)
     return Problem(name=spec, forward=obj, k=k)
 
 
-def supports_forward_mode(problem: Problem) -> bool:
+def supports_forward_mode(problem: AnyProblem) -> bool:
     """Whether forward-mode differentiation (`torch.func.jvp`) runs through the problem, as
     Levenberg-Marquardt refinement needs; a custom autograd.Function without a jvp does not."""
-    x = line_points(torch.tensor([[0.9, 0.2, 0.2, 0.9]], dtype=torch.float64), problem.n_points)
+    x = problem.draw_prior(1, torch.Generator().manual_seed(0), torch.float64)
     try:
         torch.func.jvp(problem, (x,), (torch.ones_like(x),))
     except (RuntimeError, NotImplementedError):
@@ -150,9 +284,9 @@ def supports_forward_mode(problem: Problem) -> bool:
     return True
 
 
-def sample_misfit(problem: Problem, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The RMS misfit of each sample x (M, S, P, 2) to its given y (M, P, k): (M, S), float64, on x's
-    device, without gradient. Metrics, refinement and the diverse selection all judge fit by it."""
+def sample_misfit(problem: AnyProblem, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The RMS misfit of each sample x (M, S, *x_shape) to its given y (M, P, k): (M, S), float64, on x's
+    device, without gradient, in y's units. Metrics, refinement and the diverse selection all judge fit by it."""
     with torch.no_grad():
         return ((problem(x.double()) - y.double().to(x.device).unsqueeze(1)) ** 2).mean(dim=(-1, -2)).sqrt()
 

@@ -41,6 +41,9 @@ def loss_terms(
     solution nearest to it instead of onto a hedge."""
     out = model(x, y)
     cfg = model.cfg
+    # x in units of the prior's scale, y in units of the noise (1 for line problems): the physics term is
+    # then chi-squared per datum, and one search space serves problems of any units
+    xs2, ys2 = float(problem.x_scale) ** 2, float(problem.y_scale) ** 2
     parts: dict[str, torch.Tensor] = {}
     kl = kl_opt = x.new_zeros(())
     if cfg.has_gaussian:
@@ -58,23 +61,23 @@ def loss_terms(
     # cannot reach the loss); without gradients (validation) it is still computed, as a diagnostic
     physics_off = tc.w_y <= 0 and torch.is_grad_enabled()
     if not cfg.has_components:
-        recon = nll(F.mse_loss(out["x_hat"], x))
+        recon = nll(F.mse_loss(out["x_hat"], x) / xs2)
         parts.update(kl=kl, recon=recon)
         if physics_off:
             physics = None
         else:
-            physics = F.mse_loss(problem(out["x_hat"]), y)
+            physics = F.mse_loss(problem(out["x_hat"]), y) / ys2
             parts["physics_rec"] = physics
         if tc.w_y > 0 and tc.physics_samples > 0:
             y_gen = problem(model.draw(y, tc.physics_samples))
-            per_sample = ((y_gen - y.unsqueeze(1)) ** 2).mean(dim=(-1, -2))  # (B, physics_samples)
+            per_sample = ((y_gen - y.unsqueeze(1)) ** 2).mean(dim=(-1, -2)) / ys2  # (B, physics_samples)
             if tc.physics_reduce == "min":  # winner takes all: the other samples are free to cover other modes
                 parts["physics_gen"] = per_sample.min(dim=1).values.mean()
             else:
                 parts["physics_gen"] = per_sample.mean()
             physics = 0.5 * (physics + parts["physics_gen"])
     else:
-        recon_c = nll(((out["x_all"] - x.unsqueeze(1)) ** 2).mean(dim=(-1, -2)))  # (B, K)
+        recon_c = nll(((out["x_all"] - x.unsqueeze(1)) ** 2).flatten(2).mean(-1) / xs2)  # (B, K)
         if cfg.recognition == "exact":  # the optimal q of this bound: the model's posterior over its hypotheses
             out["logits_q"] = torch.log_softmax(out["logits_p"], dim=-1) - tc.w_x * recon_c / max(beta, 1e-8)
         q = torch.softmax(out["logits_q"], dim=-1)  # (B, K)
@@ -91,7 +94,7 @@ def loss_terms(
                 x_gen, log_w = model.draw_all(y)
             else:
                 x_gen, log_w = out["x_all"], torch.log_softmax(out["logits_p"], dim=-1)
-            misfit_c = ((problem(x_gen) - y.unsqueeze(1)) ** 2).mean(dim=(-1, -2))  # (B, K)
+            misfit_c = ((problem(x_gen) - y.unsqueeze(1)) ** 2).mean(dim=(-1, -2)) / ys2  # (B, K)
             w = torch.softmax(log_w.detach() * tc.physics_temperature, dim=-1)
             physics = (w * misfit_c).sum(1).mean()
             parts["physics_gen"] = physics
