@@ -29,7 +29,8 @@ from .errors import UserError
 from .files import atomic_write_text
 from .metrics import can_enumerate, enumerate_solutions, evaluate_samples
 from .models import CVAE, repeat_rows
-from .problems import Problem, resolve_problem, supports_forward_mode
+from .problems import AnyProblem, resolve_problem, supports_forward_mode
+from .surveys import read_survey
 from .refine import generate_samples
 from .runner import RunOptions
 from .runner import run_study as _run_study
@@ -89,7 +90,7 @@ class Samples:
 
     x: torch.Tensor
     y: torch.Tensor
-    problem: Problem
+    problem: AnyProblem
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def pairs(self) -> Pairs:
@@ -99,13 +100,18 @@ class Samples:
     def save(self, path: str | Path) -> Path:
         """Write a challenge-format submission (TensorDataset of (x, given y), each (N, 1, P, 2)) and its
         metadata beside it (PATH.json), as `cvae-opt generate` does."""
-        path = save_pairs(path, self.pairs())
+        path = save_pairs(path, self.pairs(), field=not self.problem.is_lines)
         atomic_write_text(Path(str(path) + ".json"), json.dumps(self.metadata, indent=2) + "\n")
         return path
 
 
-def check_sampling(model: CVAE, problem: Problem, options: dict[str, Any]) -> None:
+def check_sampling(model: CVAE, problem: AnyProblem, options: dict[str, Any]) -> None:
     """What the sampling options, the model and the problem allow; one UserError for each mistake."""
+    if not problem.is_lines and (options["refine_steps"] or options["oversample"] > 1):
+        raise UserError(
+            f"problem {problem.name!r}: refinement and oversampling (--refine, --oversample) fit line end points; "
+            "for a field problem use the raw samples (drop those options)"
+        )
     if options["refine_steps"] < 0 or options["oversample"] < 1:
         raise UserError(f"refine must be >= 0 and oversample >= 1 (--refine, --oversample), got "
                         f"{options['refine_steps']} and {options['oversample']}")
@@ -133,7 +139,7 @@ class Generator:
 
     model: CVAE
     config: Config
-    problem: Problem
+    problem: AnyProblem
     metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
     source: str = ""
@@ -159,7 +165,7 @@ class Generator:
                 "samples_per_condition": n, "n_conditions": len(yy), "seed": seed,
                 "seconds": time.perf_counter() - t0, **options,
                 "mode": "raw" if not (refine or oversample > 1) else "refined",
-                "latent_type": self.config.model.latent_type}
+                "latent_type": self.config.model.latent_type, "problem": self.config.data.problem}
         return Samples(x, yy.cpu(), self.problem, meta)
 
     def save(self, path: str | Path) -> Path:
@@ -213,14 +219,19 @@ def _numbers(d: dict[str, Any]) -> dict[str, float]:
 
 
 # -- data, scores, figures --------------------------------------------------------------------------
-def conditions(y: Conditions, problem: Problem | str = "two_birds") -> torch.Tensor:
+def conditions(y: Conditions, problem: AnyProblem | str = "two_birds") -> torch.Tensor:
     """Measurements as the models take them, (M, n_points, k) float32: a torch tensor or NumPy array of
-    shape (n_points, k) (one measurement) or (M, n_points, k), or a challenge-format file (its y), by path
-    or built-in name (`two_birds:scoring`, `two_birds:validation`)."""
+    shape (n_points, k) (one measurement) or (M, n_points, k) ((n_points,) and (M, n_points) when k = 1),
+    a file of pairs (its y) by path or built-in name (`two_birds:scoring`, `gravity2d:test`), or, for a
+    problem with station positions (gravity2d), a survey CSV (`surveys.read_survey`)."""
     problem = resolve_problem(problem)
     if isinstance(y, (str, Path)):
+        if str(y).lower().endswith(".csv"):
+            return read_survey(y, problem)
         return load_pairs(y, problem).y
     t = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y).detach()
+    if problem.k == 1 and t.dim() >= 1 and t.shape[-1] == problem.n_points:
+        t = t.unsqueeze(-1)
     if t.dim() == 2:
         t = t.unsqueeze(0)
     if t.dim() != 3 or tuple(t.shape[1:]) != (problem.n_points, problem.k):
@@ -247,10 +258,18 @@ def score_samples(samples: Samples, truth: Conditions | Pairs | None = None) -> 
     return evaluate_samples(problem, samples.x, samples.y, sols, true_x)
 
 
-def plot_samples(samples: Samples, n: int = 4, title: str = "") -> Any:
-    """The samples figure (matplotlib) for the first n measurements: the models with the exact solutions
-    dashed (where they can be enumerated), and each measurement against what the models predict."""
+def plot_samples(samples: Samples, n: int = 4, title: str = "", truth: Conditions | Pairs | None = None) -> Any:
+    """The samples figure (matplotlib) for the first n measurements: for line problems the models with the
+    exact solutions dashed (where they can be enumerated), for grids the models, their mean and standard
+    deviation maps (beside the exact posterior's, where known) and the true models (`truth`: a file of
+    pairs or Pairs whose y are the samples' y); and each measurement against what the models predict."""
     from .plots import samples_figure
 
     k = max(1, min(n, len(samples.y)))
-    return samples_figure(None, samples.problem, samples.y[:k], samples=samples.x[:k], title=title)
+    true_x = None
+    if truth is not None:
+        from .submissions import match_truth
+
+        pairs = truth if isinstance(truth, Pairs) else load_pairs(truth, samples.problem)
+        true_x = match_truth(samples.y[:k], pairs, str(truth) if not isinstance(truth, Pairs) else "truth")
+    return samples_figure(None, samples.problem, samples.y[:k], samples=samples.x[:k], title=title, truth=true_x)

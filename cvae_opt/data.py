@@ -29,6 +29,15 @@ CHALLENGE_FILES = {
 }
 
 
+# held-out synthetic test sets of the built-in field problems: drawn from the prior with their own seed
+# (never a training or validation seed), written to the cache on first use; the targets are measured on them
+HELD_OUT = {
+    "gravity2d:test": ("gravity2d", 50, 777_000_001),
+    "gravity2d_blocks:test": ("gravity2d_blocks", 50, 777_000_002),
+}
+HELD_OUT_PREFIXES = tuple(sorted({k.partition(":")[0] + ":" for k in HELD_OUT}))
+
+
 def challenge_dir() -> Path:
     """The folder of the challenge files: CVAE_OPT_CHALLENGE_DATA if set, else the package's copy."""
     env = os.environ.get("CVAE_OPT_CHALLENGE_DATA")
@@ -41,8 +50,16 @@ def resolve_data_path(name: Path | str) -> Path:
     text = str(name)
     if text in CHALLENGE_FILES:
         return challenge_dir() / CHALLENGE_FILES[text]
-    if text.startswith("two_birds:") and not Path(text).exists():
-        raise UserError(f"unknown built-in data {text!r}; use one of {', '.join(CHALLENGE_FILES)} or a file path")
+    if text in HELD_OUT:
+        from .problems import resolve_problem
+
+        problem_name, n, seed = HELD_OUT[text]
+        problem = resolve_problem(problem_name)
+        make_pairs(problem, n, seed)
+        return cache_file(problem, n, seed, problem.noise, DEFAULT_CACHE_DIR)
+    if text.startswith(("two_birds:",) + HELD_OUT_PREFIXES) and not Path(text).exists():
+        names = ", ".join([*CHALLENGE_FILES, *HELD_OUT])
+        raise UserError(f"unknown built-in data {text!r}; use one of {names} or a file path")
     return Path(name)
 
 
@@ -112,6 +129,7 @@ def make_pairs(
     cache_dir: Path | str | None = DEFAULT_CACHE_DIR,
 ) -> Pairs:
     """Seeded synthetic pairs, cached by what the problem computes, size, seed and noise (None: no cache)."""
+    noise = noise_of(problem, noise)
     path = None
     if cache_dir is not None:
         path = cache_file(problem, n, seed, noise, cache_dir)
@@ -121,7 +139,6 @@ def make_pairs(
     x = sample_lines(problem, n, gen)
     with torch.no_grad():
         y = problem(x.double()).float()
-    noise = noise_of(problem, noise)
     if noise > 0:
         y = y + noise * torch.randn(y.shape, generator=gen)
     pairs = Pairs(x, y)

@@ -13,7 +13,7 @@ import sys
 
 from .cli import run_main
 from .problems import resolve_problem
-from .submissions import evaluate_file
+from .submissions import evaluate_file, problem_of
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,10 +23,13 @@ def main(argv: list[str] | None = None) -> int:
         epilog="example: python -m cvae_opt.evaluate --submission two_birds:scoring",
     )
     ap.add_argument("--submission", required=True, help="TensorDataset of (generated x, given y), each (N, 1, 50, 2), or a built-in name such as two_birds:submission-sample")
-    ap.add_argument("--problem", default="two_birds", help="built-in name or package.module:callable (default two_birds)")
-    ap.add_argument("--truth", help="file of (true x, y) pairs (or two_birds:scoring), for truth_recall when y alone is ambiguous")
+    ap.add_argument("--problem", help="built-in name or package.module:callable (default: the one in the submission's "
+                    "metadata, SUBMISSION.json, else two_birds)")
+    ap.add_argument("--truth", help="file of (true x, y) pairs (or two_birds:scoring, gravity2d:test): truth_recall for line "
+                    "problems, calibration (interval coverage, SBC, energy score) for field problems")
     args = ap.parse_args(argv)
-    result = evaluate_file(args.submission, resolve_problem(args.problem), args.truth)
+    problem = args.problem or problem_of(args.submission) or "two_birds"
+    result = evaluate_file(args.submission, resolve_problem(problem), args.truth)
     json.dump(result, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0

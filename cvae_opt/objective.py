@@ -84,7 +84,10 @@ class Objective:
                     f"{spec.path}: objective metric {m!r} needs enumerable modes, which problem {problem.name!r} "
                     "does not have; use score, misfit_rmse or diversity"
                 )
-        check_shapes(spec, problem.n_points)
+        if problem.is_lines:
+            check_shapes(spec, n_points=problem.n_points)
+        else:
+            check_shapes(spec, grid=tuple(problem.x_shape))
         # load (or draw) the data now: a bad data file is refused before the storage is touched
         base = self.overrides.apply(spec.base_config())
         check_refined_metrics(base.train, problem)
@@ -159,7 +162,7 @@ class Objective:
             if self.plots == "all" or (self.plots == "best" and self._in_top_k(trial, values, self.plot_best)):
                 val = self.data_for(cfg)[1]
                 fig = samples_figure(
-                    result.model, result.problem, val.y[:3].cpu(), n_samples=20, seed=cfg.train.seed,
+                    result.model, result.problem, val.y[:3].cpu(), n_samples=20, seed=cfg.train.seed, truth=val.x[:3].cpu(),
                     title=f"trial {trial.number}: " + ", ".join(f"{m} {v:.4g}" for m, v in zip(self.spec.metrics, values)),
                 )
                 f = save_figure(fig, Path(tmp) / f"trial-{trial.number}-samples.png")

@@ -1,7 +1,8 @@
 """Samples figure for any checkpoint: `python -m cvae_opt.plot --checkpoint FILE --conditions FILE --out FILE`.
 
 For the first few given y: the generated x0/x1 lines with the exact solutions dashed (where they can be
-enumerated) and, beside them, each given condition against forward(x_hat).
+enumerated), or for grid problems the true model (from a file of pairs), samples, mean and standard
+deviation maps beside the exact posterior's (where known); and each given y against forward(x_hat).
 """
 
 from __future__ import annotations
@@ -40,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         f"refine {args.refine} {args.refine_method}, oversample x{args.oversample}")
     if gen.model.cfg.has_components:
         how += f", {args.draw}" + (f" T={args.temperature:g}" if args.temperature != 1.0 else "")
-    fig = plot_samples(samples, args.n, title=f"{Path(args.checkpoint).name}: {args.samples} samples per given y ({how})")
+    truth = None
+    if not gen.problem.is_lines and not str(args.conditions).lower().endswith(".csv"):
+        truth = args.conditions  # a file of pairs: its x are the true models, shown beside the samples
+    fig = plot_samples(samples, args.n, truth=truth, title=f"{Path(args.checkpoint).name}: {args.samples} samples per given y ({how})")
     save_figure(fig, args.out)
     print(f"wrote {args.out}")
     return 0

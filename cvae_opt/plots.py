@@ -1,7 +1,11 @@
 """Pictures of generated samples against the given measurements, for trial artifacts and reports.
 
-For each shown y: the generated x0 and x1 lines (with the exact solutions dashed, where they can be
-enumerated) and, beside them, every condition's given y against forward(x_hat).
+Line problems, for each shown y: the generated x0 and x1 lines (with the exact solutions dashed, where
+they can be enumerated) and, beside them, every condition's given y against forward(x_hat).
+
+Grid problems (gravity2d), for each shown y: the true model (when known), three samples, the samples'
+mean and standard-deviation maps next to the exact posterior's (where known), and the observed data
+against the data the samples predict.
 """
 
 from __future__ import annotations
@@ -16,18 +20,21 @@ from matplotlib.collections import LineCollection
 from .files import atomic_write
 from .metrics import can_enumerate, enumerate_solutions
 from .models import CVAE
-from .problems import Problem
+from .problems import AnyProblem, Problem
 
 
 def samples_figure(
-    model: CVAE | None, problem: Problem, y: torch.Tensor, n_samples: int = 20, seed: int = 0, title: str = "",
-    samples: torch.Tensor | None = None,
+    model: CVAE | None, problem: AnyProblem, y: torch.Tensor, n_samples: int = 20, seed: int = 0, title: str = "",
+    samples: torch.Tensor | None = None, truth: torch.Tensor | None = None,
 ) -> plt.Figure:
-    """Draw `samples` (M, S, P, 2) for y (M, P, k), or, without them, n_samples drawn from `model`."""
+    """Draw `samples` (M, S, *x_shape) for y (M, P, k), or, without them, n_samples drawn from `model`;
+    `truth` (M, *x_shape), the true models where known (shown for grid problems)."""
     y = y.detach().cpu().float()
     if samples is None:
         samples = model.generate(y, n_samples, generator=torch.Generator().manual_seed(seed))
     samples = samples.detach().cpu().double()
+    if not problem.is_lines:
+        return field_figure(problem, y, samples, truth, title)
     with torch.no_grad():
         fwd = problem(samples).numpy()
     sols = enumerate_solutions(problem, y) if can_enumerate(problem) else None
@@ -70,6 +77,82 @@ def samples_figure(
     w, h = fig.get_size_inches()
     fig.subplots_adjust(left=0.45 / w, right=1 - 0.15 / w, bottom=0.35 / h, top=1 - (0.7 if title else 0.35) / h,
                         wspace=0.22, hspace=0.55)
+    return fig
+
+
+def _station_axis(problem: AnyProblem) -> tuple[np.ndarray, str]:
+    if problem.positions is not None:
+        return np.asarray(problem.positions), "station position (m)"
+    return np.arange(problem.n_points, dtype=float), "station"
+
+
+def field_figure(
+    problem: AnyProblem, y: torch.Tensor, samples: torch.Tensor, truth: torch.Tensor | None = None, title: str = "",
+    rows: int = 2,
+) -> plt.Figure:
+    """Grid models: per shown y, two rows of maps (true model, three samples; sample mean, exact mean,
+    sample std, exact std) and the data panel (observed, the samples' predictions, their spread)."""
+    m = min(rows, len(y))
+    post = problem.posterior
+    xs = samples[:m].numpy()
+    nz, nx = problem.x_shape[-2], problem.x_shape[-1]
+    cell = problem.cell or 1.0
+    extent = (0.0, nx * cell, nz * cell, 0.0)
+    units = problem.x_units or "x"
+    with torch.no_grad():
+        fwd = problem(samples[:m]).numpy()[..., 0]
+    fig = plt.figure(figsize=(17.0, 4.6 * m))
+    gs = fig.add_gridspec(2 * m, 5)
+    lim = float(np.percentile(np.abs(xs), 99)) or 1.0
+    if truth is not None:
+        lim = max(lim, float(np.abs(truth[:m].numpy()).max()))
+    stdmax = float(xs.std(axis=1).max())
+    if post is not None:
+        stdmax = max(stdmax, float(post.std.max()))
+
+    def show(ax: plt.Axes, img: np.ndarray, name: str, std: bool = False, first: bool = False) -> None:
+        im = ax.imshow(img, extent=extent, cmap="viridis" if std else "RdBu_r", vmin=0 if std else -lim,
+                       vmax=stdmax if std else lim, aspect="auto", interpolation="nearest")
+        ax.set_title(name, fontsize=8)
+        if first:
+            ax.set_ylabel("depth (m)" if problem.cell else "row", fontsize=7)
+        ax.tick_params(labelsize=6)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
+
+    t, xlabel = _station_axis(problem)
+    for i in range(m):
+        r = 2 * i
+        top = [("true model", truth[i].numpy()) if truth is not None else None] + [
+            (f"sample {j + 1}", xs[i, j]) for j in range(min(3, xs.shape[1]))]
+        for c, item in enumerate(top[:4]):
+            ax = fig.add_subplot(gs[r, c])
+            if item is None:
+                ax.axis("off")
+                ax.text(0.5, 0.5, "true model unknown", ha="center", va="center", fontsize=8)
+            else:
+                show(ax, item[1], f"y #{i + 1}: {item[0]} ({units})", first=c == 0)
+        bottom = [("sample mean", xs[i].mean(axis=0), False)]
+        if post is not None:
+            bottom.append(("exact posterior mean", post.mean(y[i : i + 1])[0], False))
+        bottom.append((f"sample std ({xs.shape[1]} samples)", xs[i].std(axis=0), True))
+        if post is not None:
+            bottom.append(("exact posterior std", post.std, True))
+        for c, (name, img, std) in enumerate(bottom[:4]):
+            show(fig.add_subplot(gs[r + 1, c]), img, f"{name} ({units})", std, first=c == 0)
+        ax = fig.add_subplot(gs[r : r + 2, 4])
+        ax.add_collection(LineCollection([np.column_stack([t, f]) for f in fwd[i]], colors="tab:green", linewidths=0.7, alpha=0.3))
+        ax.plot(t, y[i, :, 0].numpy(), "k.", ms=4, label="observed")
+        ax.set_xlim(t[0], t[-1])
+        lo, hi = min(fwd[i].min(), float(y[i].min())), max(fwd[i].max(), float(y[i].max()))
+        ax.set_ylim(lo - 0.05 * (hi - lo + 1e-9), hi + 0.05 * (hi - lo + 1e-9))
+        ax.set_title(f"observed (black) vs predicted (green), {problem.y_units or 'y'}", fontsize=8)
+        ax.set_xlabel(xlabel, fontsize=7)
+        ax.tick_params(labelsize=6)
+        chi2 = (((fwd[i] - y[i, :, 0].numpy()) / problem.noise) ** 2).mean(axis=1)
+        ax.text(0.02, 0.02, f"chi2/datum median {np.median(chi2):.2f}", transform=ax.transAxes, fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.subplots_adjust(left=0.04, right=0.98, bottom=0.05, top=0.93 if title else 0.96, wspace=0.3, hspace=0.45)
     return fig
 
 

@@ -137,7 +137,7 @@ def best_artifacts(study: optuna.Study, out: Path, storage_url: str, artifacts_d
     model, cfg, _ = load_checkpoint(out / "best_model.pt")
     problem = resolve_problem(cfg.data.problem)
     val = load_validation(cfg.data, problem)
-    fig = samples_figure(model, problem, val.y[:4], n_samples=30, seed=0, title=f"best trial {trial.number}")
+    fig = samples_figure(model, problem, val.y[:4], n_samples=30, seed=0, title=f"best trial {trial.number}", truth=val.x[:4])
     save_figure(fig, out / "samples.png")
     best.files.append("samples.png")
     return best

@@ -347,26 +347,28 @@ def apply_params(base: Config, values: dict[str, Any]) -> Config:
     return Config.from_dict(d)
 
 
-def _check_search_values(spec: StudySpec, base: Config, n_points: int | None = None) -> None:
+def _check_search_values(spec: StudySpec, base: Config, shape: dict[str, Any] | None = None) -> None:
     """Every end of every range (and every choice) must give a valid config, with the parameters it is
     conditioned on at their first allowed value: an impossible value is refused at load, not trial 37.
-    With `n_points` (once the problem is known), the convolutions must also fit the model's length."""
+    With `shape` (once the problem is known: n_points or grid), the convolutions must also fit the model."""
     for p in spec.search:
         context = {other: allowed[0] for other, allowed in p.condition.items()}
         for v in p.extremes():
             try:
                 cfg = apply_params(base, {**context, p.name: v})
-                if n_points is not None:
-                    cfg.model.validate("config.model", n_points=n_points)
+                if shape is not None:
+                    cfg.model.validate("config.model", **shape)
             except UserError as exc:
                 raise _err(spec.path, f"search.{p.name}", f"the value {v!r} gives an invalid config: {exc}") from None
 
 
-def check_shapes(spec: StudySpec, n_points: int) -> None:
-    """What needs the problem: the fixed model and every searched value must fit its n_points."""
+def check_shapes(spec: StudySpec, n_points: int | None = None, grid: tuple[int, ...] | None = None) -> None:
+    """What needs the problem: the fixed model and every searched value must fit its n_points (line
+    problems) or its grid (field problems)."""
+    shape = {"n_points": n_points, "grid": grid}
     base = spec.base_config()
-    base.model.validate(f"{spec.path}: fixed.model", n_points=n_points)
-    _check_search_values(spec, base, n_points)
+    base.model.validate(f"{spec.path}: fixed.model", **shape)
+    _check_search_values(spec, base, shape)
 
 
 def suggest_config(trial: optuna.trial.BaseTrial, spec: StudySpec, base: Config | None = None) -> Config:

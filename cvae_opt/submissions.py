@@ -3,12 +3,15 @@ given y (in order of first appearance), matched to true x by y, and scored with 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 
 from .data import Pairs, load_pairs
 from .errors import UserError
 from .metrics import can_enumerate, enumerate_solutions, evaluate_samples
-from .problems import Problem
+from .problems import AnyProblem
 
 
 def group_by_condition(pairs: Pairs, where: str = "submission") -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,7 +46,19 @@ def match_truth(y: torch.Tensor, truth: Pairs, where: str, tol: float = 1e-4) ->
     return truth.x[j]
 
 
-def evaluate_file(submission: str, problem: Problem, truth_file: str | None = None) -> dict[str, float | str]:
+def problem_of(submission: str) -> str | None:
+    """The problem a submission written by `generate` was drawn for, from its metadata (SUBMISSION.json)."""
+    meta = Path(str(submission) + ".json")
+    if not meta.is_file():
+        return None
+    try:
+        value = json.loads(meta.read_text()).get("problem")
+    except (ValueError, OSError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def evaluate_file(submission: str, problem: AnyProblem, truth_file: str | None = None) -> dict[str, float | str]:
     samples, y = group_by_condition(load_pairs(submission, problem), submission)
     truth = match_truth(y, load_pairs(truth_file, problem), truth_file) if truth_file else None
     solutions = enumerate_solutions(problem, y) if can_enumerate(problem) else None
