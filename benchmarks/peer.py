@@ -55,16 +55,14 @@ def from_theta(problem, theta: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
 
 
 def sbi_prior(problem):  # noqa: ANN001, ANN201
-    """The prior sbi is given: a box on the end points (two birds), the exact Gaussian prior (gaussian
-    field), none (blocks: no density; sbi then uses an improper prior)."""
+    """The prior sbi is given: a box on the end points (two birds); none for the fields (sbi then uses an
+    improper prior: NPE trains on the simulated pairs alone, and samples are drawn from the estimator
+    directly, so the prior would only serve sbi's rejection of samples outside its support)."""
     from sbi.utils import BoxUniform
 
     if problem.is_lines:
         lo, hi = problem.box
         return BoxUniform(torch.full((4,), lo), torch.full((4,), hi))
-    if problem.posterior is not None:
-        C = torch.from_numpy(problem.posterior.C).float()
-        return torch.distributions.MultivariateNormal(torch.zeros(len(C)), C + 1e-3 * torch.eye(len(C)))
     return None
 
 

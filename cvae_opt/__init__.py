@@ -10,7 +10,9 @@ The Python API (see `cvae_opt.api`; the commands call the same functions):
     Generator.sample(y, n, draw=, refine=, oversample=)   models for measurements, as `cvae-opt generate`
     score_samples(samples, truth=...)          the metrics of `cvae-opt evaluate`
     plot_samples(samples)                      the samples figure
-    conditions(y)                              measurements from a tensor, an array or a challenge file
+    conditions(y)                              measurements from a tensor, an array, a file of pairs or a survey CSV
+    gravity2d(prior=, geometry=, ...)          the 2D gravity problem with your grid, stations or prior settings
+    read_survey(path, problem), write_survey(path, problem, y)   survey CSVs (station position, readings)
     UserError                                  the one exception for input a user can fix
 
 Importing the package is cheap: the API loads (with torch) on first use.
@@ -19,7 +21,7 @@ Importing the package is cheap: the API loads (with torch) on first use.
 __version__ = "0.1.0"
 
 _API = ("run_study", "load_study", "best_config", "train_config", "load_generator", "Generator", "Samples",
-        "score_samples", "plot_samples", "conditions")
+        "score_samples", "plot_samples", "conditions", "gravity2d", "read_survey", "write_survey")
 __all__ = [*_API, "UserError", "Config"]
 
 

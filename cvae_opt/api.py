@@ -29,8 +29,8 @@ from .errors import UserError
 from .files import atomic_write_text
 from .metrics import can_enumerate, enumerate_solutions, evaluate_samples
 from .models import CVAE, repeat_rows
-from .problems import AnyProblem, resolve_problem, supports_forward_mode
-from .surveys import read_survey
+from .problems import AnyProblem, gravity2d, resolve_problem, supports_forward_mode  # noqa: F401 (gravity2d: API)
+from .surveys import read_survey, write_survey  # noqa: F401 (write_survey: API)
 from .refine import generate_samples
 from .runner import RunOptions
 from .runner import run_study as _run_study
@@ -85,8 +85,8 @@ def best_config(study: optuna.Study | str, storage: str = DEFAULT_STORAGE, trial
 # -- models -----------------------------------------------------------------------------------------
 @dataclass
 class Samples:
-    """Generated models for given measurements: x (M, n, n_points, 2) for y (M, n_points, k), and how they
-    were drawn (`metadata`: mode raw or refined, draw, temperature, refinement, oversampling, seed)."""
+    """Generated models for given measurements: x (M, n, *x_shape) ((M, n, 50, 2) for two birds, (M, n, 16,
+    32) for gravity2d) for y (M, n_points, k), and how they were drawn (`metadata`: mode raw or refined, draw, temperature, refinement, oversampling, seed)."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -98,8 +98,9 @@ class Samples:
         return Pairs(self.x.reshape(-1, *self.x.shape[2:]), repeat_rows(self.y.cpu(), self.x.shape[1]).contiguous())
 
     def save(self, path: str | Path) -> Path:
-        """Write a challenge-format submission (TensorDataset of (x, given y), each (N, 1, P, 2)) and its
-        metadata beside it (PATH.json), as `cvae-opt generate` does."""
+        """Write a submission (TensorDataset of (x, given y): the challenge layout (N, 1, P, 2) for line
+        problems, (N, *x_shape) and (N, P, k) for field problems) and its metadata beside it (PATH.json, with
+        the problem's name, which `evaluate` reads), as `cvae-opt generate` does."""
         path = save_pairs(path, self.pairs(), field=not self.problem.is_lines)
         atomic_write_text(Path(str(path) + ".json"), json.dumps(self.metadata, indent=2) + "\n")
         return path

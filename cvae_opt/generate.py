@@ -1,4 +1,5 @@
-"""Generation in the challenge's submission layout: S generated x per given y, pairs (x, given y)."""
+"""Generation in the submission layout: S generated x per given y, pairs (x, given y), with the metadata
+(problem, how the samples were drawn) beside the file."""
 
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ def main(argv: list[str] | None = None) -> int:
         "--conditions two_birds:scoring --samples 30 --out submission.pt",
     )
     ap.add_argument("--checkpoint", required=True, help="checkpoint written by a trial, report or retrain")
-    ap.add_argument("--conditions", required=True, help="challenge-format file whose y are the given conditions, or a built-in name: two_birds:scoring, two_birds:validation")
+    ap.add_argument("--conditions", required=True, help="file of pairs whose y are the given conditions, a built-in name (two_birds:scoring, two_birds:validation, "
+                    "gravity2d:test, gravity2d_blocks:test), or a survey CSV (station position, readings) for gravity2d")
     ap.add_argument("--samples", type=int, default=30, help="samples per given y (default 30)")
-    ap.add_argument("--out", required=True, help="output .pt file: TensorDataset of (x, given y), (N*S, 1, 50, 2)")
+    ap.add_argument("--out", required=True, help="output .pt file: TensorDataset of (x, given y): (N*S, 1, 50, 2) for two birds, (N*S, 16, 32) for gravity2d")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch", type=int, default=8192, help="samples per decoder pass")

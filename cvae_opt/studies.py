@@ -53,6 +53,7 @@ METRICS = (
     "mode_recall", "truth_recall", "val_loss", "val_kl", "val_recon", "val_physics", *REFINED_METRICS,
     # field problems (field_metrics): continuous posteriors
     "chi2_median", "chi2_le2", "coverage_50", "coverage_90", "sbc_ks", "energy_score", "mean_error",
+    "std_ratio_p10", "std_ratio_p90", "coverage_50_constrained", "coverage_90_constrained",
 )
 # samples plots: for trials that enter the best K when they finish (K = keep_best, else 10; the default:
 # a plot costs more than the rest of a short trial's bookkeeping), for every complete trial, or none

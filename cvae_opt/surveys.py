@@ -22,14 +22,16 @@ import torch
 
 from .errors import UserError
 from .files import atomic_write_text
-from .problems import AnyProblem
+from .problems import AnyProblem, resolve_problem
 
 POSITION_TOLERANCE = 1.0  # metres
 
 
-def read_survey(path: str | Path, problem: AnyProblem) -> torch.Tensor:
-    """The surveys of a CSV as measurements (M, n_points, 1), float32; one UserError for any mistake."""
+def read_survey(path: str | Path, problem: AnyProblem | str) -> torch.Tensor:
+    """The surveys of a CSV as measurements (M, n_points, 1), float32; one UserError for any mistake.
+    `problem`: a problem or its name (`gravity2d`)."""
     path = Path(path)
+    problem = resolve_problem(problem)
     if problem.positions is None or problem.k != 1:
         raise UserError(f"{path}: problem {problem.name!r} declares no station positions; give its measurements "
                         "as a file of pairs or an array")
@@ -72,8 +74,9 @@ def _numeric(row: list[str]) -> bool:
     return True
 
 
-def write_survey(path: str | Path, problem: AnyProblem, y: torch.Tensor, units: str | None = None) -> Path:
+def write_survey(path: str | Path, problem: AnyProblem | str, y: torch.Tensor, units: str | None = None) -> Path:
     """Write measurements y (M, n_points, 1) as a survey CSV that `read_survey` reads back."""
+    problem = resolve_problem(problem)
     y = torch.as_tensor(y).detach().cpu().double().reshape(-1, problem.n_points)
     unit = (units or problem.y_units or "value").replace("/", "_").lower()
     names = ["x_m"] + [f"g_{unit}" if len(y) == 1 else f"g_{unit}_{i + 1}" for i in range(len(y))]
