@@ -11,8 +11,11 @@ On samples (M, S, *x_shape) answering M measurements y (M, n_points, k) of a `Fi
   samples' central 50% / 90% intervals (nominal: 0.5 / 0.9); `sbc_ks`, the largest distance between the
   distribution of the truth's rank among the samples (per cell, simulation-based calibration) and the
   uniform one (0 for a calibrated sampler, up to ~0.5 for one that always misses); `energy_score`,
-  E|X - x| - E|X - X'| / 2 in the prior's units per cell (a proper scoring rule: the exact posterior
-  minimises its expectation), and `score` = -energy_score, what studies maximise.
+  E|X - x| - E|X - X'| / 2 in the prior's units per cell (a proper scoring rule for the joint
+  distribution, but nearly blind to a wrong spread in high dimensions); `dss`, the Dawid-Sebastiani
+  score per cell, mean of ((x - mean) / std)^2 + 2 log(std / scale) with the samples' mean and std (a
+  proper score for each cell's mean and spread, so too narrow and too wide samples both pay); and
+  `score` = -dss, what studies maximise.
 - with the exact posterior (`problem.posterior`), on the cells the data constrain (posterior standard
   deviation at most 0.7 of the prior's; over all cells prior draws look calibrated, because the stations
   constrain few directions): `mean_error`, the RMS over conditions and cells of (sample mean - posterior
@@ -66,6 +69,14 @@ def _energy_score(xs: np.ndarray, truth: np.ndarray, scale: float) -> float:
     return float(np.mean(to_truth - 0.5 * spread) / scale)
 
 
+def _dawid_sebastiani(xs: np.ndarray, truth: np.ndarray, var: np.ndarray, scale: float) -> float:
+    """Mean over conditions and cells of ((t - mean) / std)^2 + 2 log(std / scale); the std is floored at
+    1e-3 scale, so a collapsed sampler scores badly but finitely."""
+    std = np.sqrt(np.maximum(var, (1e-3 * scale) ** 2))
+    z = (truth - xs.mean(axis=1)) / std
+    return float(np.mean(z**2 + 2 * np.log(std / scale)))
+
+
 def evaluate_field_samples(
     problem: AnyProblem, samples: torch.Tensor, y: torch.Tensor, truth: torch.Tensor | None = None,
 ) -> dict[str, float]:
@@ -92,7 +103,8 @@ def evaluate_field_samples(
         out["coverage_90"] = float(cov90.mean())
         out["sbc_ks"] = _sbc_ks(xs, tr)
         out["energy_score"] = _energy_score(xs, tr, float(problem.x_scale))
-        out["score"] = -out["energy_score"]
+        out["dss"] = _dawid_sebastiani(xs, tr, var, float(problem.x_scale))
+        out["score"] = -out["dss"]
     post = getattr(problem, "posterior", None)
     if post is not None and s > 1:
         mask = post.constrained(CONSTRAINED_RATIO).ravel()

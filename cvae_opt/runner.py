@@ -332,6 +332,14 @@ def report_failed_workers(children: list[subprocess.Popen], heartbeat: int) -> i
     return len(failed)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (taskset, a container's CPU set), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # no affinity on this platform
+        return os.cpu_count() or 1
+
+
 def run_study(options: RunOptions) -> RunResult:
     """Create or resume the study and run this worker's share of the trials (and, from worker 0, start
     the other workers and print the summary). Ctrl-C ends it cleanly: the running trial fails, the
@@ -341,7 +349,7 @@ def run_study(options: RunOptions) -> RunResult:
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported on the progress line
     if w.lead:
         record_launch(study, w)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // options.jobs))
+    torch.set_num_threads(max(1, usable_cores() // options.jobs))
     quiet = options.quiet or not w.lead
     start = _counts(study)
     if w.lead and not quiet:

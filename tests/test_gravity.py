@@ -130,7 +130,12 @@ def test_field_metrics_exact_posterior_is_calibrated_and_prior_is_not():
     prior = p.draw_prior(40 * 200, gen, torch.float64).view(40, 200, 16, 32)
     floor = evaluate_field_samples(p, prior, y, truth)
     assert floor["chi2_median"] > 20 and floor["mean_error"] > 1.0 and floor["std_ratio_p90"] > 1.4
-    assert floor["energy_score"] > exact["energy_score"]  # the proper score prefers the posterior
+    assert floor["energy_score"] > exact["energy_score"]  # the proper scores prefer the posterior
+    assert floor["dss"] > exact["dss"] and exact["score"] == -exact["dss"]
+    # a sampler of the right mean but half the spread pays in the Dawid-Sebastiani score (studies maximise -dss)
+    post = p.posterior.sample(y, 200, seed=7)
+    narrow = post.mean(1, keepdim=True) + 0.5 * (post - post.mean(1, keepdim=True))
+    assert evaluate_field_samples(p, narrow, y, truth)["dss"] > exact["dss"] + 0.5
     one = evaluate_field_samples(p, p.posterior.sample(y, 1, seed=6), y, truth)
     assert one["diversity"] == 0.0 and "mean_error" not in one
 
