@@ -140,6 +140,14 @@ class PriorNet(nn.Module):
         return self.head(self.mlp(y.flatten(1) / self.y_scale))
 
 
+def with_every_component(inp: torch.Tensor, k: int) -> torch.Tensor:
+    """Each input row once per component, the component's one-hot appended: (B, F) -> (B * K, F + K), row-major
+    by input row. Decoders that take the component as an input decode all K hypotheses in one batch."""
+    b = inp.shape[0]
+    eye = torch.eye(k, dtype=inp.dtype, device=inp.device)
+    return torch.cat([inp.unsqueeze(1).expand(b, k, inp.shape[1]), eye.unsqueeze(0).expand(b, -1, -1)], dim=2).reshape(b * k, -1)
+
+
 class Decoder(nn.Module):
     """p(x | z, c, y) with a `signal` or a `line` head. With components, the line head emits the end
     points of all K hypotheses from one trunk pass (a K x 4 output layer); the signal head takes the
@@ -183,10 +191,7 @@ class Decoder(nn.Module):
         inp = y.flatten(1) if z is None or self.z_dim == 0 else torch.cat([z, y.flatten(1)], dim=1)
         if self.one_hot:
             if c is None:  # all K: K rows per input row
-                eye = torch.eye(self.n_comp, dtype=inp.dtype, device=inp.device)
-                rows = torch.cat([inp.unsqueeze(1).expand(b, self.n_comp, inp.shape[1]),
-                                  eye.unsqueeze(0).expand(b, -1, -1)], dim=2).reshape(b * self.n_comp, -1)
-                return self._emit(self.trunk(rows)).view(b, self.n_comp, self.n_points, 2)
+                return self._emit(self.trunk(with_every_component(inp, self.n_comp))).view(b, self.n_comp, self.n_points, 2)
             onehot = torch.nn.functional.one_hot(c, self.n_comp).to(inp.dtype)
             return self._emit(self.trunk(torch.cat([inp, onehot], dim=1)))
         h = self.trunk(inp)
@@ -296,10 +301,7 @@ class FieldDecoder(nn.Module):
         inp = yy if z is None or self.z_dim == 0 else torch.cat([z, yy], dim=1)
         if self.one_hot:
             if c is None:
-                eye = torch.eye(self.n_comp, dtype=inp.dtype, device=inp.device)
-                rows = torch.cat([inp.unsqueeze(1).expand(b, self.n_comp, inp.shape[1]),
-                                  eye.unsqueeze(0).expand(b, -1, -1)], dim=2).reshape(b * self.n_comp, -1)
-                return self._emit(rows).view(b, self.n_comp, *self.shape)
+                return self._emit(with_every_component(inp, self.n_comp)).view(b, self.n_comp, *self.shape)
             inp = torch.cat([inp, torch.nn.functional.one_hot(c, self.n_comp).to(inp.dtype)], dim=1)
         return self._emit(inp)
 
