@@ -1,13 +1,10 @@
-"""Shared by the benchmark scripts: a header line naming date, machine and versions."""
+"""Shared by the benchmark scripts: the header line naming date, machine (usable cores) and versions."""
 
 from __future__ import annotations
 
-import os
-import platform
-from datetime import date
+import sys
+from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def machine_line(what: str) -> str:
-    return f"{what}: {date.today()}, {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}"
+from cvae_opt.machine import machine_line, usable_cores  # noqa: E402,F401

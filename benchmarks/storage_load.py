@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 import optuna  # noqa: E402
 
+from cvae_opt.machine import machine_line  # noqa: E402
 from cvae_opt.storage import mask_url, open_grpc_proxy, open_storage  # noqa: E402
 from cvae_opt.studies import load_study, suggest_config  # noqa: E402
 from cvae_opt.trials import RECORDED, optimize, record  # noqa: E402
@@ -347,10 +348,7 @@ def main() -> int:
     backends = [b for b in args.backends if b == "sqlite" or args.postgres_url]
     if len(backends) < len(args.backends):
         print("no PostgreSQL (--postgres-url or CVAE_OPT_TEST_POSTGRES_URL): running " + ", ".join(backends))
-    import platform
-    from datetime import date
-
-    print(f"storage load: {date.today()}, {platform.machine()} {os.cpu_count()} cores, optuna {optuna.__version__}; "
+    print(machine_line("storage load", ("optuna", "sqlalchemy")) + "; "
           f"{args.trials} trials x {args.epochs} epochs x {args.epoch_seconds}s per worker, study {STUDY!r} "
           f"(TPE + successive halving), heartbeat {args.heartbeat}s ({args.fault_heartbeat}s in the fault runs)"
           + (f"; PostgreSQL {mask_url(args.postgres_url)}" if args.postgres_url else ""), flush=True)

@@ -14,12 +14,9 @@ and the time to draw one epoch's pairs alone.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
 import torch
@@ -28,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cvae_opt.config import Config  # noqa: E402
+from cvae_opt.machine import machine_line  # noqa: E402
 from cvae_opt.data import draw_pairs, make_pairs  # noqa: E402
 from cvae_opt.models import build_model  # noqa: E402
 from cvae_opt.problems import resolve_problem  # noqa: E402
@@ -80,7 +78,7 @@ def main() -> int:
     if args.fresh_only:
         fresh_table(args, device)
         return 0
-    print(f"throughput, {date.today()}, {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, "
+    print(machine_line("throughput") + ", "
           f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
           f"{args.pairs} pairs, median of {args.repeats}")
     print("| model | our epoch (s) | in-memory floor (s) | ratio | generate 50 x 30 (s) | samples/s |")

@@ -27,8 +27,7 @@ from .config import DRAWS, REFINE_METHODS, Config
 from .data import Pairs, load_pairs, save_pairs
 from .errors import UserError
 from .files import atomic_write_text
-from .metrics import can_enumerate, enumerate_solutions, evaluate_samples
-from .models import CVAE, repeat_rows
+from .models import CVAE
 from .problems import AnyProblem, gravity2d, resolve_problem, supports_forward_mode  # noqa: F401 (gravity2d: API)
 from .surveys import read_survey, write_survey  # noqa: F401 (write_survey: API)
 from .refine import generate_samples
@@ -95,7 +94,7 @@ class Samples:
 
     def pairs(self) -> Pairs:
         """The challenge's submission layout: rows (generated x, its given y), y by y."""
-        return Pairs(self.x.reshape(-1, *self.x.shape[2:]), repeat_rows(self.y.cpu(), self.x.shape[1]).contiguous())
+        return Pairs.from_samples(self.x, self.y)
 
     def save(self, path: str | Path) -> Path:
         """Write a submission (TensorDataset of (x, given y): the challenge layout (N, 1, P, 2) for line
@@ -248,15 +247,9 @@ def score_samples(samples: Samples, truth: Conditions | Pairs | None = None) -> 
     score, misfit_rmse, valid_fraction, diversity, and, where the exact solutions can be enumerated,
     mode_precision, mode_recall; with the true models (`truth`: a challenge file or Pairs whose y are
     the samples' y, in order), truth_recall."""
-    problem = samples.problem
-    true_x = None
-    if truth is not None:
-        pairs = truth if isinstance(truth, Pairs) else load_pairs(truth, problem)
-        from .submissions import match_truth
+    from .submissions import score
 
-        true_x = match_truth(samples.y, pairs, str(truth) if not isinstance(truth, Pairs) else "truth")
-    sols = enumerate_solutions(problem, samples.y) if can_enumerate(problem) else None
-    return evaluate_samples(problem, samples.x, samples.y, sols, true_x)
+    return score(samples.problem, samples.x, samples.y, truth)
 
 
 def plot_samples(samples: Samples, n: int = 4, title: str = "", truth: Conditions | Pairs | None = None) -> Any:
@@ -269,8 +262,7 @@ def plot_samples(samples: Samples, n: int = 4, title: str = "", truth: Condition
     k = max(1, min(n, len(samples.y)))
     true_x = None
     if truth is not None:
-        from .submissions import match_truth
+        from .submissions import truth_models
 
-        pairs = truth if isinstance(truth, Pairs) else load_pairs(truth, samples.problem)
-        true_x = match_truth(samples.y[:k], pairs, str(truth) if not isinstance(truth, Pairs) else "truth")
+        true_x = truth_models(samples.y[:k], truth, samples.problem)
     return samples_figure(None, samples.problem, samples.y[:k], samples=samples.x[:k], title=title, truth=true_x)

@@ -74,6 +74,17 @@ class Pairs:
     def to(self, device: torch.device | str) -> "Pairs":
         return Pairs(self.x.to(device), self.y.to(device))
 
+    @classmethod
+    def from_samples(cls, x: torch.Tensor, y: torch.Tensor) -> "Pairs":
+        """The challenge's submission layout of samples x (M, n, *x_shape) for y (M, P, k): rows
+        (generated x, its given y), y by y, n rows each."""
+        return cls(x.reshape(-1, *x.shape[2:]), repeat_rows(y.cpu(), x.shape[1]).contiguous())
+
+
+def repeat_rows(t: torch.Tensor, n: int) -> torch.Tensor:
+    """Each row of t repeated n times in place: (M, ...) -> (M * n, ...), row-major by the M rows."""
+    return t.unsqueeze(1).expand(t.shape[0], n, *t.shape[1:]).reshape(t.shape[0] * n, *t.shape[1:])
+
 
 def sample_lines(
     problem: AnyProblem, n: int, generator: torch.Generator, dtype: torch.dtype = torch.float64

@@ -96,7 +96,13 @@ class Evaluator:
 
 def check_refined_metrics(tc: TrainConfig, problem: Problem) -> None:
     """The refined metrics run LM refinement, which needs forward-mode differentiation through the
-    problem: refuse a config that asks for them on a problem without it, before any training."""
+    problem: refuse a config that asks for them on a problem without it, before any training. Refinement
+    fits line end points: a field problem has none to fit."""
+    if tc.eval_refine > 0 and not problem.is_lines:
+        raise UserError(
+            f"train.eval_refine: problem {problem.name!r} is a field problem; refinement (and the refined_* "
+            "metrics) fits line end points, so set eval_refine: 0"
+        )
     if tc.eval_refine > 0 and not supports_forward_mode(problem):
         raise UserError(
             f"train.eval_refine: problem {problem.name!r} does not support forward-mode differentiation, which "

@@ -47,6 +47,26 @@ def can_enumerate(problem: Problem) -> bool:
     return problem.cosines is not None and len(problem.cosines) >= 2
 
 
+LINE_METRICS = ("score", "misfit_rmse", "r2", "slope_signs", "valid_fraction", "diversity", "truth_recall")
+MODE_METRICS = ("mode_precision", "mode_recall")
+FIELD_METRICS = ("score", "misfit_rmse", "diversity", "chi2_median", "chi2_le2", "coverage_50", "coverage_90",
+                 "sbc_ks", "energy_score", "dss")
+POSTERIOR_METRICS = ("mean_error", "std_ratio_p10", "std_ratio_p90", "coverage_50_constrained", "coverage_90_constrained")
+LOSS_METRICS = ("val_loss", "val_kl", "val_recon", "val_physics")
+
+
+def computable_metrics(problem: AnyProblem) -> tuple[str, ...]:
+    """The objective metrics a trial on this problem reports (validation conditions come with their true
+    models): a study whose objective names another is refused at load, not pruned on NaN."""
+    if problem.is_lines:
+        own = LINE_METRICS + (MODE_METRICS if can_enumerate(problem) else ())
+        refined = tuple(f"refined_{m}" for m in own)
+    else:
+        own = FIELD_METRICS + (POSTERIOR_METRICS if getattr(problem, "posterior", None) is not None else ())
+        refined = ()
+    return own + LOSS_METRICS + refined
+
+
 def enumerate_solutions(
     problem: Problem, y: torch.Tensor | np.ndarray, accept_rmse: float = 5e-3, screen: float = 0.1
 ) -> list[np.ndarray]:

@@ -38,6 +38,7 @@ from torch import nn
 
 from .config import ACTIVATIONS as ACTIVATION_NAMES
 from .config import DRAWS, ModelConfig, conv_length
+from .data import repeat_rows
 from .problems import AnyProblem, Problem, ends_from_unit, line_points
 
 ACTIVATIONS = {
@@ -164,7 +165,7 @@ class Decoder(nn.Module):
         c_in = self.z_dim + n * k + (self.n_comp if self.one_hot else 0)
         self.trunk = _mlp([c_in, cfg.hidden], cfg.activation, cfg.batch_norm)
         if cfg.head == "line":
-            outs = 4 * (1 if self.one_hot else self.n_comp)
+            outs = 4 * self.n_comp
             self.out = nn.Sequential(
                 *_mlp([cfg.hidden] * cfg.decoder_depth, cfg.activation, cfg.batch_norm), nn.Linear(cfg.hidden, outs)
             )
@@ -205,8 +206,7 @@ class Decoder(nn.Module):
         return line_points(ends, self.n_points)
 
     def _emit(self, h: torch.Tensor) -> torch.Tensor:
-        if self.head_kind == "line":
-            return line_points(self.ends(h), self.n_points)
+        """The signal head: trunk features to (B, P, 2) through transposed convolutions."""
         h = self.expand(h).view(-1, self.c_last, self.length)
         return self.deconvs(h).transpose(1, 2)
 
@@ -315,11 +315,6 @@ class FieldDecoder(nn.Module):
         if self.skip is not None:
             x = x + self.skip(inp)
         return (x * self.x_scale).view(-1, *self.shape)
-
-
-def repeat_rows(t: torch.Tensor, n: int) -> torch.Tensor:
-    """Each row of t repeated n times in place: (M, ...) -> (M * n, ...), row-major by the M rows."""
-    return t.unsqueeze(1).expand(t.shape[0], n, *t.shape[1:]).reshape(t.shape[0] * n, *t.shape[1:])
 
 
 class CVAE(nn.Module):

@@ -23,10 +23,10 @@ from .config import Config
 from .data import Pairs, load_data
 from .errors import NonFiniteLoss, UserError
 from .evaluation import check_refined_metrics
-from .metrics import can_enumerate
+from .metrics import computable_metrics
 from .plots import samples_figure, save_figure
-from .problems import resolve_problem
-from .studies import METRICS, PLOT_BEST_DEFAULT, StudySpec, check_shapes, suggest_config
+from .problems import AnyProblem, resolve_problem
+from .studies import PLOT_BEST_DEFAULT, StudySpec, check_shapes, suggest_config
 from .train import train
 from .trials import beats, keep_best_checkpoints, ranked, record
 
@@ -37,7 +37,16 @@ class ArtifactError(RuntimeError):
     """Writing a trial's checkpoint or plot failed (full disk, permissions): the trial fails, the study goes on."""
 
 
-MODE_METRICS = tuple(m for m in METRICS if m.removeprefix("refined_") in ("mode_precision", "mode_recall"))
+def check_objective_metrics(spec: StudySpec, problem: AnyProblem) -> None:
+    """Refuse an objective metric the problem cannot compute (a gravity study on valid_fraction, a line
+    study on mean_error): every trial would report NaN, be pruned at the first rung or end in a KeyError."""
+    allowed = computable_metrics(problem)
+    for m in spec.metrics:
+        if m not in allowed:
+            raise UserError(
+                f"{spec.path}: objective metric {m!r} is not computed for problem {problem.name!r}; "
+                f"use one of {', '.join(allowed)}"
+            )
 
 
 @dataclass
@@ -78,12 +87,7 @@ class Objective:
         self.plot_best = self.keep_best or PLOT_BEST_DEFAULT
         self._data: dict[tuple, tuple[Pairs, Pairs]] = {}
         problem = resolve_problem(spec.problem)
-        for m in spec.metrics:
-            if m in MODE_METRICS and not can_enumerate(problem):
-                raise UserError(
-                    f"{spec.path}: objective metric {m!r} needs enumerable modes, which problem {problem.name!r} "
-                    "does not have; use score, misfit_rmse or diversity"
-                )
+        check_objective_metrics(spec, problem)
         if problem.is_lines:
             check_shapes(spec, n_points=problem.n_points)
         else:

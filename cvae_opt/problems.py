@@ -204,6 +204,8 @@ def _check_forward(spec: str, forward: Forward, n_points: int) -> int:
 
 
 _BUILT: dict[str, FieldProblem] = {}
+# problems given by import path, probed once per process: spec -> (the object found there, the problem)
+_PROBED: dict[str, tuple[Any, "AnyProblem"]] = {}
 
 
 def _check_field(spec: str, problem: FieldProblem) -> None:
@@ -261,16 +263,21 @@ def resolve_problem(spec: str | AnyProblem) -> AnyProblem:
         if not hasattr(obj, part):
             raise UserError(f"problem {spec!r}: module {module_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
+    seen = _PROBED.get(spec)
+    if seen is not None and seen[0] is obj:  # probed already, and not reloaded or edited since
+        return seen[1]
     if isinstance(obj, Problem):
         _check_forward(spec, obj.forward, obj.n_points)
-        return obj
-    if isinstance(obj, FieldProblem):
+        problem: AnyProblem = obj
+    elif isinstance(obj, FieldProblem):
         _check_field(spec, obj)
-        return obj
-    if not callable(obj):
+        problem = obj
+    elif not callable(obj):
         raise UserError(f"problem {spec!r} is a {type(obj).__name__}, expected a Problem or a callable")
-    k = _check_forward(spec, obj, 50)
-    return Problem(name=spec, forward=obj, k=k)
+    else:
+        problem = Problem(name=spec, forward=obj, k=_check_forward(spec, obj, 50))
+    _PROBED[spec] = (obj, problem)
+    return problem
 
 
 def supports_forward_mode(problem: AnyProblem) -> bool:

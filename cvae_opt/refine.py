@@ -24,15 +24,15 @@ from __future__ import annotations
 import torch
 
 from .config import REFINE_METHODS
-from .data import Pairs
-from .models import CVAE, repeat_rows
+from .data import repeat_rows
+from .models import CVAE
 from .problems import Problem, ends_from_unit, line_ends, line_points, sample_misfit, unit_from_ends
 
 
 def generate_samples(
     model: CVAE, y: torch.Tensor, n: int, seed: int = 0, batch: int = 8192,
     refine_steps: int = 0, oversample: int = 1, problem: Problem | None = None, refine_lr: float = 0.2,
-    refine_method: str = "lm", draw: str = "posterior", temperature: float = 1.0,
+    refine_method: str = "lm", draw: str = "posterior", temperature: float = 1.0, to_cpu: bool = True,
 ) -> torch.Tensor:
     """The pipeline `generate` runs, and the refined_* metrics of a trial: n samples per given y,
     (M, n, P, 2). Raw: one decoder pass per sample. With `refine_steps`, each
@@ -50,14 +50,7 @@ def generate_samples(
             x = refine(problem, x, yd, refine_steps, lr=refine_lr, method=refine_method)
         if oversample > 1:
             x = select_diverse(problem, x, yd, n)
-    return x.cpu()
-
-
-def generate_pairs(model: CVAE, y: torch.Tensor, n: int, seed: int = 0, batch: int = 8192, **options) -> Pairs:
-    """`generate_samples` in the challenge's submission layout: rows ordered y by y, n rows each,
-    each row (generated x, its given y)."""
-    x = generate_samples(model, y, n, seed=seed, batch=batch, **options)  # (M, n, P, 2)
-    return Pairs(x.reshape(-1, *x.shape[2:]), repeat_rows(y.cpu(), n).contiguous())
+    return x.cpu() if to_cpu else x
 
 
 def refine(

@@ -18,6 +18,7 @@ from datetime import timedelta
 import optuna
 import torch
 
+from .machine import usable_cores
 from .devices import resolve_device, worker_device
 from .errors import NonFiniteLoss, UserError
 from .objective import ArtifactError, Objective, Overrides
@@ -330,14 +331,6 @@ def report_failed_workers(children: list[subprocess.Popen], heartbeat: int) -> i
             file=sys.stderr,
         )
     return len(failed)
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (taskset, a container's CPU set), not the machine's count."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):  # no affinity on this platform
-        return os.cpu_count() or 1
 
 
 def run_study(options: RunOptions) -> RunResult:

@@ -121,7 +121,7 @@ def test_user_problem_with_one_condition_end_to_end(tmp_path, monkeypatch, py):
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     from cvae_opt.config import Config
-    from cvae_opt.refine import generate_pairs
+    from cvae_opt.refine import generate_samples
     from cvae_opt.train import train
 
     cfg = Config.from_dict({
@@ -137,7 +137,7 @@ def test_user_problem_with_one_condition_end_to_end(tmp_path, monkeypatch, py):
     assert res.last["score"] == pytest.approx(again["score"]) and res.last["misfit_rmse"] == pytest.approx(again["misfit_rmse"])
     val = make_pairs(res.problem, 20, seed=9, cache_dir=None)
     assert val.y.shape == (20, 50, 1)
-    sub = generate_pairs(res.model, val.y, 4)
+    sub = Pairs.from_samples(generate_samples(res.model, val.y, 4), val.y)
     save_pairs(tmp_path / "sub.pt", sub)
     save_pairs(tmp_path / "truth.pt", val)
     r = run_evaluate(py, "--submission", str(tmp_path / "sub.pt"), "--problem", "oneprob:forward",

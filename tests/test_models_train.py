@@ -9,7 +9,7 @@ from cvae_opt.config import Config
 from cvae_opt.data import Pairs, make_pairs
 from cvae_opt.errors import NonFiniteLoss, UserError
 from cvae_opt.metrics import enumerate_solutions, evaluate_samples
-from cvae_opt.refine import generate_pairs
+from cvae_opt.refine import generate_samples
 from cvae_opt.models import ModelConfig, build_model, kl_gaussians
 from cvae_opt.problems import TWO_BIRDS
 from cvae_opt.devices import resolve_device
@@ -93,10 +93,10 @@ def test_generation_shapes_and_reproducibility(pairs):
     cfg = small_cfg()
     model = build_model(cfg.model, TWO_BIRDS)
     y = pairs[1].y[:7]
-    out = generate_pairs(model, y, 5, seed=3, batch=8)  # several batches
+    out = Pairs.from_samples(generate_samples(model, y, 5, seed=3, batch=8), y)  # several batches
     assert out.x.shape == (35, 50, 2) and out.y.shape == (35, 50, 2)
     assert torch.equal(out.y[5], y[1]) and torch.equal(out.y[9], y[1])
-    assert torch.allclose(out.x, generate_pairs(model, y, 5, seed=3).x, atol=1e-6)  # batching changes nothing
+    assert torch.allclose(out.x, Pairs.from_samples(generate_samples(model, y, 5, seed=3), y).x, atol=1e-6)  # batching changes nothing
     assert not torch.equal(out.x[0], out.x[1])
     assert model.generate(y, 3).shape == (7, 3, 50, 2)
 
@@ -172,7 +172,7 @@ def test_checkpoint_round_trip(tmp_path, pairs):
     model, cfg2, _ = load_checkpoint(f)
     assert cfg2 == cfg
     y = pairs[1].y[:4]
-    assert torch.equal(generate_pairs(model, y, 3, seed=1).x, generate_pairs(res.model, y, 3, seed=1).x)
+    assert torch.equal(Pairs.from_samples(generate_samples(model, y, 3, seed=1), y).x, Pairs.from_samples(generate_samples(res.model, y, 3, seed=1), y).x)
 
 
 def test_a_device_the_machine_lacks_is_refused(monkeypatch):
