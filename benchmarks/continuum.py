@@ -26,6 +26,7 @@ from _common import machine_line  # noqa: E402
 from cvae_opt.config import Config  # noqa: E402
 from cvae_opt.data import make_pairs  # noqa: E402
 from cvae_opt.metrics import evaluate_samples  # noqa: E402
+from cvae_opt.posterior import Posterior  # noqa: E402
 from cvae_opt.problems import LINE_PRODUCT  # noqa: E402
 from cvae_opt.train import train  # noqa: E402
 
@@ -58,7 +59,7 @@ def main() -> int:
     for name, latent in LATENTS.items():
         for seed in args.seeds:
             res = train(config(latent, seed, args.epochs))
-            x = res.model.generate(val.y, args.samples, generator=torch.Generator().manual_seed(seed))
+            x = Posterior(res.model, res.problem).sample(val.y, args.samples, seed=seed)
             m = evaluate_samples(LINE_PRODUCT, x, val.y)
             m["train_seconds"] = res.seconds
             results.setdefault(name, []).append(m)

@@ -39,7 +39,8 @@ from cvae_opt.config import Config  # noqa: E402
 from cvae_opt.data import load_pairs, resolve_data_path, sample_lines  # noqa: E402
 from cvae_opt.metrics import enumerate_solutions, evaluate_samples, expected_recall, mode_weights  # noqa: E402
 from cvae_opt.problems import Problem, resolve_problem  # noqa: E402
-from cvae_opt.refine import generate_samples, refine, select_diverse  # noqa: E402
+from cvae_opt.posterior import Posterior, SamplingOptions  # noqa: E402
+from cvae_opt.refine import refine, select_diverse  # noqa: E402
 from cvae_opt.train import train  # noqa: E402
 
 DEFAULT_CONFIGS = ["studies/best/cvae_re.yaml", "studies/best/cvae.yaml"]
@@ -109,21 +110,21 @@ def main() -> int:
             train_s = time.perf_counter() - t0
             if args.checkpoints:
                 save_checkpoint(Path(args.checkpoints) / f"{Path(path).stem}-seed{seed}.pt", model, cfg)
-            comp = model.cfg.has_components
+            comp = model.latent.has_components
             raw = measure(f"{name} raw, posterior", problem, y, sols,
-                          lambda: generate_samples(model, y, args.samples, seed=seed))
+                          lambda: Posterior(model, problem).sample(y, args.samples, seed=seed))
             raw["train_seconds"] = train_s
             line = f"{name} seed {seed}: trained {train_s:.0f}s; raw posterior precision {raw['mode_precision']:.3f} " \
                    f"recall {raw['mode_recall']:.3f} misfit {raw['misfit_rmse']:.3f}"
             draw = "coverage" if comp else "posterior"
             if comp:
                 cov = measure(f"{name} raw, coverage", problem, y, sols,
-                              lambda: generate_samples(model, y, args.samples, seed=seed, draw="coverage"))
+                              lambda: Posterior(model, problem).sample(y, args.samples, SamplingOptions(draw="coverage"), seed=seed))
                 line += f"; coverage precision {cov['mode_precision']:.3f} recall {cov['mode_recall']:.3f}"
             for k in args.oversample:
                 r = measure(f"{name} refined, {draw} draws, oversample {k}", problem, y, sols,
-                            lambda: generate_samples(model, y, args.samples, seed=seed, refine_steps=args.refine,
-                                                     oversample=k, problem=problem, draw=draw))
+                            lambda: Posterior(model, problem).sample(y, args.samples, SamplingOptions(
+                                draw=draw, refine_steps=args.refine, oversample=k), seed=seed))
                 line += f"; refined x{k} recall {r['mode_recall']:.3f}"
             print(line, flush=True)
         for seed in args.seeds if path == args.configs[0] else []:

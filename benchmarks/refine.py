@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_line  # noqa: E402
 from cvae_opt.checkpoints import load_checkpoint  # noqa: E402
 from cvae_opt.data import load_pairs, resolve_data_path, sample_lines  # noqa: E402
-from cvae_opt.refine import generate_samples  # noqa: E402
+from cvae_opt.posterior import Posterior, SamplingOptions  # noqa: E402
 from cvae_opt.metrics import enumerate_solutions, evaluate_samples  # noqa: E402
 from cvae_opt.problems import TWO_BIRDS  # noqa: E402
 from cvae_opt.refine import refine, select_diverse  # noqa: E402
@@ -66,7 +66,7 @@ def main() -> int:
     print("| --- | --- | --- | --- | --- | --- |")
     for k in args.oversample:
         t0 = time.perf_counter()
-        x = generate_samples(model, scoring.y, 30, seed=0, refine_steps=args.steps, oversample=k, problem=problem)
+        x = Posterior(model, problem).sample(scoring.y, 30, SamplingOptions(refine_steps=args.steps, oversample=k), seed=0)
         rows = [("model draws", time.perf_counter() - t0, evaluate_samples(problem, x, scoring.y, sols))]
         t0 = time.perf_counter()
         xr = sample_lines(problem, m * 30 * k, torch.Generator().manual_seed(0)).reshape(m, 30 * k, 50, 2)

@@ -30,7 +30,8 @@ from cvae_opt.data import draw_pairs, make_pairs  # noqa: E402
 from cvae_opt.models import build_model  # noqa: E402
 from cvae_opt.problems import resolve_problem  # noqa: E402
 from cvae_opt.devices import resolve_device  # noqa: E402
-from cvae_opt.train import loss_terms, train  # noqa: E402
+from cvae_opt.posterior import Posterior  # noqa: E402
+from cvae_opt.train import train  # noqa: E402
 
 MODELS = {
     "seed-size cvae_re (studies/baselines/seed_recipe.yaml)": "studies/baselines/seed_recipe.yaml",
@@ -54,7 +55,7 @@ def floor_epoch(cfg: Config, data, device: torch.device) -> float:
     sync(device)
     t0 = time.perf_counter()
     for xb, yb in batches:
-        loss, _ = loss_terms(model, problem, xb, yb, cfg.train, cfg.train.beta)
+        loss, _ = model.loss(xb, yb, problem, cfg.train, cfg.train.beta)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -100,12 +101,12 @@ def main() -> int:
             if not i % 2:
                 floor.append(floor_epoch(cfg, data, device))
         y = data[1].y[:50].to(device)
-        res.model.generate(y, 30)
+        Posterior(res.model, res.problem).sample(y, 30)
         gens = []
         for _ in range(5):
             sync(device)
             t0 = time.perf_counter()
-            res.model.generate(y, 30, generator=torch.Generator().manual_seed(0))
+            Posterior(res.model, res.problem).sample(y, 30, seed=0)
             sync(device)
             gens.append(time.perf_counter() - t0)
         o, f, g = statistics.median(ours), statistics.median(floor), statistics.median(gens)

@@ -23,14 +23,14 @@ import optuna
 import torch
 
 from .checkpoints import load_checkpoint, save_checkpoint
-from .config import DRAWS, REFINE_METHODS, Config
+from .config import Config
 from .data import Pairs, load_pairs, save_pairs
 from .errors import UserError
 from .files import atomic_write_text
 from .models import CVAE
 from .problems import AnyProblem, gravity2d, resolve_problem, supports_forward_mode  # noqa: F401 (gravity2d: API)
 from .surveys import read_survey, write_survey  # noqa: F401 (write_survey: API)
-from .refine import generate_samples
+from .posterior import Posterior, SamplingOptions
 from .runner import RunOptions
 from .runner import run_study as _run_study
 from .storage import DEFAULT_ARTIFACTS, DEFAULT_STORAGE, HEARTBEAT_SECONDS, load_existing_study, open_storage
@@ -105,34 +105,6 @@ class Samples:
         return path
 
 
-def check_sampling(model: CVAE, problem: AnyProblem, options: dict[str, Any]) -> None:
-    """What the sampling options, the model and the problem allow; one UserError for each mistake."""
-    if not problem.is_lines and (options["refine_steps"] or options["oversample"] > 1):
-        raise UserError(
-            f"problem {problem.name!r}: refinement and oversampling (--refine, --oversample) fit line end points; "
-            "for a field problem use the raw samples (drop those options)"
-        )
-    if options["refine_steps"] < 0 or options["oversample"] < 1:
-        raise UserError(f"refine must be >= 0 and oversample >= 1 (--refine, --oversample), got "
-                        f"{options['refine_steps']} and {options['oversample']}")
-    if options["temperature"] < 0:
-        raise UserError(f"temperature must be >= 0 (--temperature), got {options['temperature']}")
-    if options["draw"] not in DRAWS:
-        raise UserError(f"draw {options['draw']!r}: use one of {', '.join(DRAWS)}")
-    if options["refine_method"] not in REFINE_METHODS:
-        raise UserError(f"refine method {options['refine_method']!r}: use one of {', '.join(REFINE_METHODS)}")
-    if not model.cfg.has_components and (options["draw"] != "posterior" or options["temperature"] != 1.0):
-        raise UserError(
-            f"draw {options['draw']}, temperature {options['temperature']:g}: this model has a Gaussian latent, "
-            "which has only its posterior; coverage draws and temperatures need model.latent_type categorical or mixed"
-        )
-    if options["refine_steps"] and options["refine_method"] == "lm" and not supports_forward_mode(problem):
-        raise UserError(
-            f"problem {problem.name!r} does not support forward-mode differentiation, which LM refinement needs; "
-            "use refine method adam (--refine-method adam)"
-        )
-
-
 @dataclass
 class Generator:
     """A trained model and what it was trained for: draws models x for measurements y."""
@@ -155,16 +127,16 @@ class Generator:
         fit, farthest apart. y: see `conditions`."""
         if n < 1:
             raise UserError(f"n (--samples) must be a positive integer, got {n}")
-        options = {"refine_steps": refine, "refine_method": refine_method, "refine_lr": refine_lr,
-                   "oversample": oversample, "draw": draw, "temperature": temperature}
-        check_sampling(self.model, self.problem, options)
+        options = SamplingOptions(draw=draw, temperature=temperature, refine_steps=refine, refine_method=refine_method,
+                                  refine_lr=refine_lr, oversample=oversample)
+        posterior = Posterior(self.model, self.problem)
+        posterior.check(options)
         yy = conditions(y, self.problem)
         t0 = time.perf_counter()
-        x = generate_samples(self.model, yy, n, seed=seed, batch=batch, problem=self.problem, **options)
+        x = posterior.sample(yy, n, options, seed=seed, batch=batch, checked=True)
         meta = {"checkpoint": self.source, "conditions": str(y) if isinstance(y, (str, Path)) else "array",
                 "samples_per_condition": n, "n_conditions": len(yy), "seed": seed,
-                "seconds": time.perf_counter() - t0, **options,
-                "mode": "raw" if not (refine or oversample > 1) else "refined",
+                "seconds": time.perf_counter() - t0, **options.to_dict(), "mode": options.mode,
                 "latent_type": self.config.model.latent_type, "problem": self.config.data.problem}
         return Samples(x, yy.cpu(), self.problem, meta)
 

@@ -26,7 +26,8 @@ DEFAULT_CACHE_DIR = "storage/data"  # synthetic training pairs, keyed by what th
 ARCHS = ("cvae", "cvae_re")
 HEADS = ("signal", "line")
 BODIES = ("conv", "mlp")
-LATENT_TYPES = ("gaussian", "categorical", "mixed")
+LATENT_TYPES = ("gaussian", "categorical", "mixed")  # latents.py builds them; a user's family is 'module:Class'
+COMPONENT_LATENTS = ("categorical", "mixed")  # those whose `components` is their K
 RECOGNITIONS = ("encoder", "exact")
 DECODER_SCALES = ("fixed", "learnt")
 COMPONENT_PRIORS = ("uniform", "learnt")
@@ -71,7 +72,7 @@ class ModelConfig:
     activation: str = "relu"
     batch_norm: bool = False
     head: str = "line"
-    latent_type: str = "gaussian"  # gaussian | categorical | mixed
+    latent_type: str = "gaussian"  # gaussian | categorical | mixed | 'package.module:Class' (latents.LatentFamily)
     components: int = 32  # K, for categorical and mixed latents
     component_prior: str = "learnt"  # cvae only: uniform | learnt (y-independent logits)
     decoder_depth: int = 2  # hidden layers of the decoder MLP
@@ -91,26 +92,20 @@ class ModelConfig:
     # output, so a near-linear posterior map (a linear forward problem with a Gaussian prior) is easy to learn
     skip: bool = False
 
-    @property
-    def has_components(self) -> bool:
-        return self.latent_type in ("categorical", "mixed")
-
-    @property
-    def has_gaussian(self) -> bool:
-        return self.latent_type in ("gaussian", "mixed")
-
     def validate(self, where: str = "model", n_points: int | None = None, grid: tuple[int, ...] | None = None) -> None:
         """Every value a network can be built from; with `n_points` (line problems) or `grid` (a field
         problem's model shape), also that the convolutions fit."""
-        _one_of(self, where, arch=ARCHS, head=HEADS, body=BODIES, activation=ACTIVATIONS, latent_type=LATENT_TYPES,
+        _one_of(self, where, arch=ARCHS, head=HEADS, body=BODIES, activation=ACTIVATIONS,
                 component_prior=COMPONENT_PRIORS, recognition=RECOGNITIONS, decoder_scale=DECODER_SCALES)
+        if ":" not in self.latent_type:  # 'package.module:Class': a user's latent family, checked when built
+            _one_of(self, where, latent_type=LATENT_TYPES)
         _at_least(self, where, latent=1, hidden=1, prior_hidden=1, prior_depth=1, decoder_depth=1)
         if len(self.channels) != len(self.kernels) or not self.channels:
             raise UserError(f"{where}.channels {self.channels} and {where}.kernels {self.kernels} must be non-empty "
                             "and of one length")
         if min(self.channels) < 1 or min(self.kernels) < 1:
             raise UserError(f"{where}.channels {self.channels} and {where}.kernels {self.kernels} must be positive")
-        if self.has_components and self.components < 2:
+        if self.latent_type in COMPONENT_LATENTS and self.components < 2:
             raise UserError(f"{where}.components: {self.components}; a {self.latent_type} latent needs at least 2")
         if grid is not None and self.body == "conv":
             if min(grid) < 2 ** len(self.channels):

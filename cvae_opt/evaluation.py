@@ -15,9 +15,9 @@ from .config import TrainConfig
 from .data import Pairs
 from .metrics import can_enumerate, enumerate_solutions, evaluate_samples, mode_weights
 from .models import CVAE
+from .posterior import Posterior, SamplingOptions
 from .errors import UserError
 from .problems import Problem, supports_forward_mode
-from .refine import generate_samples
 
 _SOLUTIONS: dict[tuple[str, bytes], list] = {}
 
@@ -68,8 +68,8 @@ class Evaluator:
     def __call__(self, model: CVAE) -> dict[str, float]:
         if len(self.y) == 0 or self.n_samples < 1:
             return {}
-        gen = torch.Generator().manual_seed(self.seed)
-        samples = model.generate(self.y, self.n_samples, generator=gen, **self._draw_options(model))
+        samples = Posterior(model, self.problem).sample(self.y, self.n_samples, self._options(model), seed=self.seed,
+                                                        to_cpu=False, checked=True)
         return evaluate_samples(self.problem, samples, self.y, self.solutions, self.truth, weights=self.weights)
 
     def refined(self, model: CVAE, steps: int, oversample: int, conditions: int | None = None) -> dict[str, float]:
@@ -79,19 +79,19 @@ class Evaluator:
         if len(self.y) == 0 or self.n_samples < 1 or steps < 1:
             return {}
         n = len(self.y) if conditions is None else max(1, min(conditions, len(self.y)))
-        x = generate_samples(model, self.y[:n], self.n_samples, seed=self.seed, refine_steps=steps,
-                             oversample=oversample, problem=self.problem, **self._draw_options(model))
+        options = self._options(model, refine_steps=steps, oversample=oversample)
+        x = Posterior(model, self.problem).sample(self.y[:n], self.n_samples, options, seed=self.seed, checked=True)
         m = evaluate_samples(
             self.problem, x, self.y[:n], None if self.solutions is None else self.solutions[:n], self.truth[:n],
             weights=None if self.weights is None else self.weights[:n],
         )
         return {f"refined_{k}": v for k, v in m.items() if k not in ("n_conditions", "samples_per_condition")}
 
-    def _draw_options(self, model: CVAE) -> dict:
-        """Gaussian latents have only their posterior: the study's draw option applies to component latents."""
-        if not model.cfg.has_components:
-            return {}
-        return {"draw": self.draw, "temperature": self.temperature}
+    def _options(self, model: CVAE, **refined: int) -> SamplingOptions:
+        """The study's draw and temperature apply to component latents; others have only their posterior."""
+        if not model.latent.has_components:
+            return SamplingOptions(**refined)
+        return SamplingOptions(draw=self.draw, temperature=self.temperature, **refined)
 
 
 def check_refined_metrics(tc: TrainConfig, problem: Problem) -> None:

@@ -1,7 +1,7 @@
 """The Optuna objective: a trial's config (`studies.suggest_config`) trained and reported.
 
-The objective trains the config through `cvae_opt.train` (the same code `retrain` runs), reports the
-study metric every epoch for pruning, stores the metric components and the resolved config as user
+The objective trains the config through `train.Training` (the same code `retrain` runs) in its own
+visible loop: it reports the study metric every epoch and prunes there (as Optuna's `pytorch_simple.py`), stores the metric components and the resolved config as user
 attributes, and uploads a checkpoint and a samples plot to the artifact store.
 """
 
@@ -27,7 +27,7 @@ from .metrics import computable_metrics
 from .plots import samples_figure, save_figure
 from .problems import AnyProblem, resolve_problem
 from .studies import PLOT_BEST_DEFAULT, StudySpec, check_shapes, suggest_config
-from .train import train
+from .train import Training
 from .trials import beats, keep_best_checkpoints, ranked, record
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
@@ -117,28 +117,23 @@ class Objective:
         trial.set_user_attr("config", cfg.to_dict())
         trial.set_user_attr("worker", WORKER)
         metrics = self.spec.metrics
-        multi = self.spec.multi_objective
-
-        def on_epoch(epoch: int, m: dict[str, float]) -> None:
-            if multi:
-                return  # Optuna cannot prune multi-objective trials
-            key = metrics[0]
-            if key.startswith("refined_"):
-                # refined_* exist after the last epoch; before it, the cheap estimate if the study asks for it
-                key = f"{key}_estimate"
-                if key not in m:
-                    return
-            value = m.get(key, math.nan)
-            trial.report(value, epoch)
-            # after the last epoch there is nothing left to save: a pruner's rung there would only throw
-            # a finished trial's result away (successive halving's first rung is epoch 1)
+        key = metrics[0]
+        if key.startswith("refined_"):
+            key = f"{key}_estimate"  # refined_* exist after the last epoch; before it, the cheap estimate if asked for
+        needs_val_loss = any(m.startswith("val_") for m in metrics)  # else only after the last epoch
+        run = Training(cfg, data=self.data_for(cfg), val_loss_every_epoch=needs_val_loss)
+        for m in run.epochs():
+            epoch = int(m["epoch"])
+            if self.spec.multi_objective or key not in m:  # Optuna cannot prune multi-objective trials
+                continue
+            trial.report(m[key], epoch)
+            # after the last epoch there is nothing left to save: a pruner's rung there would only throw a
+            # finished trial's result away (successive halving's first rung is epoch 1)
             if epoch < cfg.train.epochs and trial.should_prune():
                 record(trial, m)
                 trial.set_user_attr("pruned_at_epoch", epoch)
-                raise optuna.TrialPruned(f"pruned at epoch {epoch} with {key} = {value:.4g}")
-
-        needs_val_loss = any(m.startswith("val_") for m in metrics)  # else only after the last epoch
-        result = train(cfg, callback=on_epoch, data=self.data_for(cfg), val_loss_every_epoch=needs_val_loss)
+                raise optuna.TrialPruned(f"pruned at epoch {epoch} with {key} = {m[key]:.4g}")
+        result = run.result()
         record(trial, result.last)
         trial.set_user_attr("train_seconds", result.seconds)
         trial.set_user_attr("train_loop_seconds", sum(h["epoch_seconds"] for h in result.history))
@@ -146,7 +141,7 @@ class Objective:
         values = [float(result.last[m]) for m in metrics]
         if self.artifacts is not None:
             self.upload(trial, cfg, result, values)
-        return values if multi else values[0]
+        return values if self.spec.multi_objective else values[0]
 
     def upload(self, trial: optuna.Trial, cfg: Config, result: Any, values: list[float]) -> None:
         try:

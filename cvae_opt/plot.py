@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     samples = gen.sample(y, args.samples, seed=args.seed, **sampling_options(args))
     how = "raw" if not (args.refine or args.oversample > 1) else (
         f"refine {args.refine} {args.refine_method}, oversample x{args.oversample}")
-    if gen.model.cfg.has_components:
+    if gen.model.latent.has_components:
         how += f", {args.draw}" + (f" T={args.temperature:g}" if args.temperature != 1.0 else "")
     truth = None
     if not gen.problem.is_lines and not str(args.conditions).lower().endswith(".csv"):

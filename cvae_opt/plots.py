@@ -20,6 +20,7 @@ from matplotlib.collections import LineCollection
 from .files import atomic_write
 from .metrics import can_enumerate, enumerate_solutions
 from .models import CVAE
+from .posterior import Posterior
 from .problems import AnyProblem, Problem
 
 
@@ -31,7 +32,7 @@ def samples_figure(
     `truth` (M, *x_shape), the true models where known (shown for grid problems)."""
     y = y.detach().cpu().float()
     if samples is None:
-        samples = model.generate(y, n_samples, generator=torch.Generator().manual_seed(seed))
+        samples = Posterior(model, problem).sample(y, n_samples, seed=seed)
     samples = samples.detach().cpu().double()
     if not problem.is_lines:
         return field_figure(problem, y, samples, truth, title)

@@ -15,8 +15,8 @@ steps: 20% of samples reach an exact solution, recall 0.61, 5.5 s; LM, 30 iterat
 0.68, 1.0 s; LM, 60 iterations: 29%, recall 0.74, 2.1 s. Without continuation, Adam reached 10%.
 Oversampling draws more samples than asked, refines them, and keeps the requested number that fit
 (misfit <= `valid_misfit`), greedily farthest apart, so the kept samples cover as many distinct
-solutions as the pool holds. Both are options of `generate`, recorded in its metadata, and reported
-apart from the raw generator.
+solutions as the pool holds. Both are sampling options (`posterior.SamplingOptions`), recorded in a
+submission's metadata, and reported apart from the raw generator.
 """
 
 from __future__ import annotations
@@ -25,32 +25,7 @@ import torch
 
 from .config import REFINE_METHODS
 from .data import repeat_rows
-from .models import CVAE
 from .problems import Problem, ends_from_unit, line_ends, line_points, sample_misfit, unit_from_ends
-
-
-def generate_samples(
-    model: CVAE, y: torch.Tensor, n: int, seed: int = 0, batch: int = 8192,
-    refine_steps: int = 0, oversample: int = 1, problem: Problem | None = None, refine_lr: float = 0.2,
-    refine_method: str = "lm", draw: str = "posterior", temperature: float = 1.0, to_cpu: bool = True,
-) -> torch.Tensor:
-    """The pipeline `generate` runs, and the refined_* metrics of a trial: n samples per given y,
-    (M, n, P, 2). Raw: one decoder pass per sample. With `refine_steps`, each
-    sample's end points are fitted to y (see `refine`); with `oversample` K > 1, K*n are drawn (and
-    refined) and the n that fit, farthest apart, are kept."""
-    if oversample < 1 or refine_steps < 0:
-        raise ValueError("oversample must be >= 1 and refine_steps >= 0")
-    gen = torch.Generator().manual_seed(seed)
-    x = model.generate(y, n * oversample, batch=batch, generator=gen, draw=draw, temperature=temperature)
-    if refine_steps or oversample > 1:
-        if problem is None:
-            raise ValueError("refinement and oversampling need the problem")
-        yd = y.to(x.device)
-        if refine_steps:
-            x = refine(problem, x, yd, refine_steps, lr=refine_lr, method=refine_method)
-        if oversample > 1:
-            x = select_diverse(problem, x, yd, n)
-    return x.cpu() if to_cpu else x
 
 
 def refine(

@@ -1,110 +1,30 @@
-"""Training loop over in-memory tensors: seeded, device-aware, one callback per epoch.
+"""The training loop: a `Training` run yields each epoch's metrics, so a caller (the Optuna objective,
+`train`, a scheduler running several trials in one process) reports and stops in its own loop.
 
-The loss is beta*KL + w_x*reconstruction + w_y*physics. The physics term runs the forward problem on
-decoded x inside the graph and penalises the misfit to y, on reconstructions and on samples drawn
-through the generation path (z from N(0, I) or r(z|y)), so it trains the path users sample from.
+Every run owns its random generators (model initialisation, the latent noise of the loss, the batch
+order, fresh pairs, the evaluation draws) and touches no global seed, so two runs interleaved in one
+process give the results each gives alone. The loss is the model's (`CVAE.loss`).
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .config import Config, TrainConfig
 from .data import Pairs, draw_pairs, load_data
 from .devices import resolve_device
 from .errors import NonFiniteLoss
 from .evaluation import Evaluator
-from .models import CVAE, build_model, kl_categorical, kl_gaussians
+from .models import CVAE, build_model
 from .problems import Problem, resolve_problem
 
 EpochCallback = Callable[[int, dict[str, float]], None]
-
-
-def loss_terms(
-    model: CVAE, problem: Problem, x: torch.Tensor, y: torch.Tensor, tc: TrainConfig, beta: float
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The training objective and its parts: beta*KL + w_x*recon + w_y*physics.
-
-    Gaussian latent: physics = mean of the misfit on reconstructions and on `physics_samples` draws per
-    y through the generation path (the reconstruction misfit alone when w_y = 0 or physics_samples = 0).
-    Component latents: the ELBO is marginalised exactly over the K components (recon = sum_c q(c|x,y)
-    * recon_c, KL = KL(q(c|x,y) || r(c|y)) plus the Gaussian KL of a mixed latent), and physics is the
-    misfit of every hypothesis the sampler can pick, weighted by r(c|y)^T renormalised (T =
-    physics_temperature; the weights are not trained by it), so each hypothesis is pulled onto the
-    solution nearest to it instead of onto a hedge."""
-    out = model(x, y)
-    cfg = model.cfg
-    # x in units of the prior's scale, y in units of the noise (1 for line problems): the physics term is
-    # then chi-squared per datum, and one search space serves problems of any units
-    xs2, ys2 = float(problem.x_scale) ** 2, float(problem.y_scale) ** 2
-    parts: dict[str, torch.Tensor] = {}
-    kl = kl_opt = x.new_zeros(())
-    if cfg.has_gaussian:
-        kl_dims = kl_gaussians(out["mu_q"], out["logvar_q"], out["mu_p"], out["logvar_p"])
-        kl = kl_dims.sum(1).mean()
-        kl_opt = torch.clamp(kl_dims.mean(0), min=tc.free_bits).sum() if tc.free_bits > 0 else kl
-    def nll(mse: torch.Tensor) -> torch.Tensor:  # the reconstruction term, with a learnt noise scale if any
-        if model.log_scale is None:
-            return mse
-        return 0.5 * (mse * torch.exp(-model.log_scale) + model.log_scale)
-
-    if model.log_scale is not None:
-        parts["decoder_sigma"] = torch.exp(0.5 * model.log_scale.detach())
-    # with w_y = 0 a training step skips the physics term (no forward, no backward, and a NaN forward
-    # cannot reach the loss); without gradients (validation) it is still computed, as a diagnostic
-    physics_off = tc.w_y <= 0 and torch.is_grad_enabled()
-    if not cfg.has_components:
-        recon = nll(F.mse_loss(out["x_hat"], x) / xs2)
-        parts.update(kl=kl, recon=recon)
-        if physics_off:
-            physics = None
-        else:
-            physics = F.mse_loss(problem(out["x_hat"]), y) / ys2
-            parts["physics_rec"] = physics
-        if tc.w_y > 0 and tc.physics_samples > 0:
-            y_gen = problem(model.draw(y, tc.physics_samples))
-            per_sample = ((y_gen - y.unsqueeze(1)) ** 2).mean(dim=(-1, -2)) / ys2  # (B, physics_samples)
-            if tc.physics_reduce == "min":  # winner takes all: the other samples are free to cover other modes
-                parts["physics_gen"] = per_sample.min(dim=1).values.mean()
-            else:
-                parts["physics_gen"] = per_sample.mean()
-            physics = 0.5 * (physics + parts["physics_gen"])
-    else:
-        recon_c = nll(((out["x_all"] - x.unsqueeze(1)) ** 2).flatten(2).mean(-1) / xs2)  # (B, K)
-        if cfg.recognition == "exact":  # the optimal q of this bound: the model's posterior over its hypotheses
-            out["logits_q"] = torch.log_softmax(out["logits_p"], dim=-1) - tc.w_x * recon_c / max(beta, 1e-8)
-        q = torch.softmax(out["logits_q"], dim=-1)  # (B, K)
-        kl_c = kl_categorical(out["logits_q"], out["logits_p"]).mean()
-        recon = (q * recon_c).sum(1).mean()
-        parts.update(kl=kl + kl_c, kl_components=kl_c, recon=recon)
-        if cfg.has_gaussian:
-            parts["kl_gaussian"] = kl
-        kl_opt = kl_opt + kl_c
-        if physics_off:
-            physics = None
-        else:
-            if cfg.latent_type == "mixed":
-                x_gen, log_w = model.draw_all(y)
-            else:
-                x_gen, log_w = out["x_all"], torch.log_softmax(out["logits_p"], dim=-1)
-            misfit_c = ((problem(x_gen) - y.unsqueeze(1)) ** 2).mean(dim=(-1, -2)) / ys2  # (B, K)
-            w = torch.softmax(log_w.detach() * tc.physics_temperature, dim=-1)
-            physics = (w * misfit_c).sum(1).mean()
-            parts["physics_gen"] = physics
-    total = beta * kl_opt + tc.w_x * recon
-    if physics is not None:
-        parts["physics"] = physics
-        if tc.w_y > 0:
-            total = total + tc.w_y * physics
-    parts["loss"] = total
-    return total, parts
 
 
 @dataclass
@@ -120,14 +40,17 @@ class TrainResult:
 
 
 @torch.no_grad()
-def validation_loss(model: CVAE, problem: Problem, val: Pairs, tc: TrainConfig, beta: float, batch: int = 4096) -> dict[str, float]:
+def validation_loss(
+    model: CVAE, problem: Problem, val: Pairs, tc: TrainConfig, beta: float, batch: int = 4096,
+    generator: torch.Generator | None = None,
+) -> dict[str, float]:
     was = model.training
     model.eval()
     sums: dict[str, float] = {}
     try:
         for i in range(0, len(val), batch):
             xb, yb = val.x[i : i + batch], val.y[i : i + batch]
-            _, parts = loss_terms(model, problem, xb, yb, tc, beta)  # no_grad: physics reported even when w_y is 0
+            _, parts = model.loss(xb, yb, problem, tc, beta, generator)  # no_grad: physics reported even when w_y is 0
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * len(xb)
     finally:
@@ -159,54 +82,103 @@ def _check_finite(
     )
 
 
-def train(
-    cfg: Config,
-    callback: EpochCallback | None = None,
-    data: tuple[Pairs, Pairs] | None = None,
-    log: Callable[[str], None] | None = None,
-    val_loss_every_epoch: bool = True,
-) -> TrainResult:
-    """Train a model from scratch as `cfg` says. `callback(epoch, metrics)` runs after every epoch
-    with the validation metrics (it may raise, e.g. optuna.TrialPruned, to stop). Raises
-    NonFiniteLoss, naming the epoch, step and loss part, as soon as a loss turns NaN or inf.
-    With `val_loss_every_epoch` False the validation loss (val_*) is computed after the last epoch
-    only: a trial whose metric does not need it saves a pass over the validation pairs per epoch."""
-    cfg.validate()  # a config built in code gets the checks a loaded one had
-    tc = cfg.train
-    problem = resolve_problem(cfg.data.problem)
-    device = resolve_device(tc.device)
-    torch.manual_seed(tc.seed)
-    np.random.seed(tc.seed % 2**32)
-    train_pairs, val_pairs = data if data is not None else load_data(cfg.data, problem)
-    train_pairs, val_pairs = train_pairs.to(device), val_pairs.to(device)
-    model = build_model(cfg.model, problem).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    n = len(train_pairs)
-    bs = max(1, min(tc.batch_size, n))
-    steps_per_epoch = math.ceil(n / bs)
-    total_steps = max(1, tc.epochs * steps_per_epoch)
-    sched = None
-    if tc.lr_schedule == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
-    evaluator = Evaluator.for_config(tc, problem, val_pairs)
-    fresh = torch.Generator(device=device).manual_seed(cfg.data.seed + 1) if cfg.data.fresh else None
-    gen = torch.Generator().manual_seed(tc.seed)
-    result = TrainResult(model, problem)
-    t_start = time.perf_counter()
-    for epoch in range(tc.epochs):
-        t0 = time.perf_counter()
+_INIT_LOCK = threading.Lock()
+
+
+def init_model(cfg: Config, problem: Problem, device: torch.device) -> tuple[CVAE, torch.Generator]:
+    """The model as seed `cfg.train.seed` initialises it, and the run's generator for the latent noise of
+    the loss on `device`. torch's layers initialise from its global generator: that is forked and seeded
+    under a lock for the construction alone, so no other run's draws are disturbed; on the CPU the
+    noise generator goes on from the state initialisation left, as one seeded stream would."""
+    seed = cfg.train.seed
+    with _INIT_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(cfg.model, problem)
+        state = torch.get_rng_state()
+    if device.type == "cpu":
+        noise = torch.Generator()
+        noise.set_state(state)
+    else:
+        noise = torch.Generator(device=device).manual_seed(seed)
+    return model.to(device), noise
+
+
+class Training:
+    """One training run from scratch as `cfg` says: `epochs()` yields each epoch's metrics; `result()`
+    the model and history so far. Raises NonFiniteLoss, naming the epoch, step and loss part, as soon as a
+    loss turns NaN or inf. With `val_loss_every_epoch` False the validation loss (val_*) is computed after
+    the last epoch only: a trial whose metric does not need it saves a pass over the validation pairs."""
+
+    def __init__(
+        self, cfg: Config, data: tuple[Pairs, Pairs] | None = None, log: Callable[[str], None] | None = None,
+        val_loss_every_epoch: bool = True,
+    ):
+        cfg.validate()  # a config built in code gets the checks a loaded one had
+        self.cfg, self.log, self.val_loss_every_epoch = cfg, log, val_loss_every_epoch
+        tc = cfg.train
+        self.problem = resolve_problem(cfg.data.problem)
+        self.device = resolve_device(tc.device)
+        train_pairs, val_pairs = data if data is not None else load_data(cfg.data, self.problem)
+        self.train_pairs, self.val_pairs = train_pairs.to(self.device), val_pairs.to(self.device)
+        self.model, self.noise = init_model(cfg, self.problem, self.device)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        self.n = len(self.train_pairs)
+        self.batch = max(1, min(tc.batch_size, self.n))
+        self.steps_per_epoch = math.ceil(self.n / self.batch)
+        self.sched = None
+        if tc.lr_schedule == "cosine":
+            self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=max(1, tc.epochs * self.steps_per_epoch))
+        self.evaluator = Evaluator.for_config(tc, self.problem, self.val_pairs)
+        self.fresh = torch.Generator(device=self.device).manual_seed(cfg.data.seed + 1) if cfg.data.fresh else None
+        self.order = torch.Generator().manual_seed(tc.seed)  # the batch order
+        self.history: list[dict[str, float]] = []
+        self.seconds = 0.0
+
+    def result(self) -> TrainResult:
+        return TrainResult(self.model, self.problem, list(self.history), self.seconds)
+
+    def epochs(self) -> Iterator[dict[str, float]]:
+        """Train epoch by epoch, yielding each epoch's metrics (losses, validation metrics, seconds)."""
+        tc = self.cfg.train
+        for epoch in range(len(self.history), tc.epochs):
+            t0 = time.perf_counter()
+            sums = self._epoch(epoch)
+            train_seconds = time.perf_counter() - t0
+            metrics: dict[str, float] = {"epoch": epoch + 1}
+            metrics.update({f"train_{k}": float(v) / self.steps_per_epoch for k, v in sums.items()})
+            last = epoch + 1 == tc.epochs
+            if self.val_loss_every_epoch or last:
+                metrics.update(validation_loss(self.model, self.problem, self.val_pairs, tc, tc.beta, generator=self.noise))
+            metrics.update(self.evaluator.epoch(self.model, tc, last=last))
+            metrics["epoch_seconds"] = train_seconds
+            metrics["eval_seconds"] = time.perf_counter() - t0 - train_seconds
+            self.seconds += time.perf_counter() - t0
+            self.history.append(metrics)
+            if self.log is not None:
+                eta = self.seconds / (epoch + 1) * (tc.epochs - epoch - 1)
+                self.log(
+                    f"epoch {epoch + 1}/{tc.epochs}  loss {metrics['train_loss']:.4f}  "
+                    f"val score {metrics.get('score', float('nan')):.4f}  misfit {metrics.get('misfit_rmse', float('nan')):.4f}  "
+                    f"{train_seconds:.1f}s/epoch  elapsed {self.seconds:.0f}s  ETA {eta:.0f}s"
+                )
+            yield metrics
+
+    def _epoch(self, epoch: int) -> dict[str, torch.Tensor]:
+        """One pass over the training pairs; the summed loss parts."""
+        tc, model, device, bs = self.cfg.train, self.model, self.device, self.batch
         model.train()
-        if fresh is not None:  # new pairs from the prior every epoch, drawn on the training device
-            train_pairs = draw_pairs(problem, n, fresh, cfg.data.noise)
-        perm = torch.randperm(n, generator=gen).to(device)
+        if self.fresh is not None:  # new pairs from the prior every epoch, drawn on the training device
+            self.train_pairs = draw_pairs(self.problem, self.n, self.fresh, self.cfg.data.noise)
+        pairs = self.train_pairs
+        perm = torch.randperm(self.n, generator=self.order).to(device)
         sums: dict[str, torch.Tensor] = {}
         first_bad = torch.full((), -1, dtype=torch.long, device=device)
         first_value = torch.zeros((), device=device)
         first_parts: torch.Tensor | None = None  # which loss parts were finite at the first bad step
-        for step in range(steps_per_epoch):
+        for step in range(self.steps_per_epoch):
             idx = perm[step * bs : (step + 1) * bs]
-            beta = beta_at(tc, epoch, step / steps_per_epoch)
-            loss, parts = loss_terms(model, problem, train_pairs.x[idx], train_pairs.y[idx], tc, beta)
+            beta = beta_at(tc, epoch, step / self.steps_per_epoch)
+            loss, parts = model.loss(pairs.x[idx], pairs.y[idx], self.problem, tc, beta, self.noise)
             # the first non-finite step is recorded on the device and read every FINITE_CHECK_EVERY steps:
             # one host sync per check instead of one per step
             now = ~torch.isfinite(loss.detach()) & (first_bad < 0)
@@ -214,35 +186,31 @@ def train(
             first_value = torch.where(now, loss.detach(), first_value)
             finite = torch.isfinite(torch.stack([v.detach() for k, v in parts.items() if k != "loss"]))  # one op
             first_parts = finite if first_parts is None else torch.where(now, finite, first_parts)
-            opt.zero_grad(set_to_none=True)
+            self.opt.zero_grad(set_to_none=True)
             loss.backward()
             if tc.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            opt.step()
-            if sched is not None:
-                sched.step()
+            self.opt.step()
+            if self.sched is not None:
+                self.sched.step()
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v.detach()
-            if (step + 1) % FINITE_CHECK_EVERY == 0 or step + 1 == steps_per_epoch:
+            if (step + 1) % FINITE_CHECK_EVERY == 0 or step + 1 == self.steps_per_epoch:
                 _check_finite(first_bad, first_value, first_parts, [k for k in parts if k != "loss"], epoch)
-        train_seconds = time.perf_counter() - t0
-        metrics: dict[str, float] = {"epoch": epoch + 1}
-        metrics.update({f"train_{k}": float(v) / steps_per_epoch for k, v in sums.items()})
-        if val_loss_every_epoch or epoch + 1 == tc.epochs:
-            metrics.update(validation_loss(model, problem, val_pairs, tc, tc.beta))
-        metrics.update(evaluator.epoch(model, tc, last=epoch + 1 == tc.epochs))
-        metrics["epoch_seconds"] = train_seconds
-        metrics["eval_seconds"] = time.perf_counter() - t0 - train_seconds
-        result.history.append(metrics)
-        if log is not None:
-            elapsed = time.perf_counter() - t_start
-            eta = elapsed / (epoch + 1) * (tc.epochs - epoch - 1)
-            log(
-                f"epoch {epoch + 1}/{tc.epochs}  loss {metrics['train_loss']:.4f}  "
-                f"val score {metrics.get('score', float('nan')):.4f}  misfit {metrics.get('misfit_rmse', float('nan')):.4f}  "
-                f"{train_seconds:.1f}s/epoch  elapsed {elapsed:.0f}s  ETA {eta:.0f}s"
-            )
+        return sums
+
+
+def train(
+    cfg: Config,
+    callback: EpochCallback | None = None,
+    data: tuple[Pairs, Pairs] | None = None,
+    log: Callable[[str], None] | None = None,
+    val_loss_every_epoch: bool = True,
+) -> TrainResult:
+    """Train a model from scratch as `cfg` says (`Training`, run to the end). `callback(epoch, metrics)`
+    runs after every epoch (it may raise to stop)."""
+    run = Training(cfg, data, log, val_loss_every_epoch)
+    for metrics in run.epochs():
         if callback is not None:
-            callback(epoch + 1, metrics)
-    result.seconds = time.perf_counter() - t_start
-    return result
+            callback(int(metrics["epoch"]), metrics)
+    return run.result()

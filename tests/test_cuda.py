@@ -13,7 +13,8 @@ from cvae_opt.checkpoints import load_checkpoint, save_checkpoint
 from cvae_opt.config import Config
 from cvae_opt.data import load_pairs, sample_lines
 from cvae_opt.problems import TWO_BIRDS
-from cvae_opt.refine import generate_samples, refine, select_diverse
+from cvae_opt.posterior import Posterior, SamplingOptions
+from cvae_opt.refine import refine, select_diverse
 from cvae_opt.train import train
 from test_study_pipeline import cli, study_of, write_study
 
@@ -57,11 +58,11 @@ def test_the_refined_pipeline_gives_the_same_answer_on_cuda_and_cpu():
     assert keep_gpu.device.type == "cuda" and torch.equal(keep_gpu.cpu(), keep_cpu)
     res = train(cfg_on("cuda", latent_type="categorical", components=8))
     yg = y.cuda()
-    x = generate_samples(res.model, yg, 5, seed=0, refine_steps=10, oversample=3, problem=TWO_BIRDS, to_cpu=False)
+    x = Posterior(res.model, TWO_BIRDS).sample(yg, 5, SamplingOptions(refine_steps=10, oversample=3), seed=0, to_cpu=False)
     assert x.shape == (8, 5, 50, 2) and x.device.type == "cuda"  # the device before any copy to the CPU
-    raw = generate_samples(res.model, yg, 5, seed=0, to_cpu=False)
+    raw = Posterior(res.model, TWO_BIRDS).sample(yg, 5, seed=0, to_cpu=False)
     res.model.cpu()  # the draws come from a CPU generator: the same seed gives the same raw samples on the CPU
-    assert torch.allclose(raw.cpu(), generate_samples(res.model, y, 5, seed=0), atol=1e-4)
+    assert torch.allclose(raw.cpu(), Posterior(res.model, TWO_BIRDS).sample(y, 5, seed=0), atol=1e-4)
 
 
 def test_a_study_generate_and_report_on_cuda(tmp_path):

@@ -19,6 +19,7 @@ from cvae_opt.config import Config  # noqa: E402
 from cvae_opt.errors import UserError  # noqa: E402
 from cvae_opt.field_metrics import evaluate_field_samples  # noqa: E402
 from cvae_opt.models import build_model  # noqa: E402
+from cvae_opt.posterior import Posterior  # noqa: E402
 from cvae_opt.problems import FieldProblem, gravity2d, resolve_problem  # noqa: E402
 from cvae_opt.surveys import read_survey, write_survey  # noqa: E402
 from cvae_opt.train import train  # noqa: E402
@@ -162,7 +163,7 @@ def test_models_of_any_shape_build_and_sample(body, latent_type, arch):
                                           "latent": 4, "hidden": 32, "channels": [4, 8], "kernels": [3, 3], "skip": True}})
         model = build_model(cfg.model, problem)
         y = problem(problem.draw_prior(5, torch.Generator().manual_seed(0), torch.float32))
-        x = model.generate(y, 7, generator=torch.Generator().manual_seed(1))
+        x = Posterior(model, problem).sample(y, 7, seed=1)
         assert x.shape == (5, 7, *problem.x_shape) and torch.isfinite(x).all()
 
 

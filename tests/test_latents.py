@@ -16,7 +16,8 @@ from cvae_opt.errors import UserError
 from cvae_opt.metrics import enumerate_solutions, evaluate_samples, expected_recall, mode_weights
 from cvae_opt.models import ModelConfig, build_model
 from cvae_opt.problems import LINE_PRODUCT, TWO_BIRDS
-from cvae_opt.train import loss_terms, train
+from cvae_opt.posterior import Posterior, SamplingOptions
+from cvae_opt.train import train
 
 
 def cfg_for(arch="cvae_re", latent_type="categorical", recognition="encoder", **train_kw):
@@ -78,7 +79,7 @@ def test_exact_recognition_gives_the_marginal_likelihood(batch):
     torch.manual_seed(0)
     model = build_model(cfg.model, TWO_BIRDS)
     assert model.encoder is None  # nothing to recognise with: the posterior is computed
-    loss, parts = loss_terms(model, TWO_BIRDS, x, y, cfg.train, beta=0.01)
+    loss, parts = model.loss(x, y, TWO_BIRDS, cfg.train, beta=0.01)
     out = model(x, y)
     recon_c = ((out["x_all"] - x.unsqueeze(1)) ** 2).mean(dim=(-1, -2))
     log_r = torch.log_softmax(out["logits_p"], -1)
@@ -90,7 +91,7 @@ def test_exact_recognition_gives_the_marginal_likelihood(batch):
     m2 = build_model(enc.model, TWO_BIRDS)
     m2.prior.load_state_dict(model.prior.state_dict())
     m2.decoder.load_state_dict(model.decoder.state_dict())
-    loose, _ = loss_terms(m2, TWO_BIRDS, x, y, enc.train, beta=0.01)
+    loose, _ = m2.loss(x, y, TWO_BIRDS, enc.train, beta=0.01)
     assert float(loose.detach()) > float(loss.detach())
 
 
@@ -98,7 +99,7 @@ def test_physics_term_weights_hypotheses_without_training_the_weights(batch):
     x, y = batch
     cfg = cfg_for("cvae_re", "categorical", w_x=0.0, beta=0.0, w_y=1.0)
     model = build_model(cfg.model, TWO_BIRDS)
-    loss, parts = loss_terms(model, TWO_BIRDS, x, y, cfg.train, beta=0.0)
+    loss, parts = model.loss(x, y, TWO_BIRDS, cfg.train, beta=0.0)
     loss.backward()
     assert sum(float(p.grad.abs().sum()) for p in model.decoder.parameters() if p.grad is not None) > 0
     # the prior network's component logits get no gradient from the physics term
@@ -111,7 +112,7 @@ def test_physics_term_weights_hypotheses_without_training_the_weights(batch):
     assert torch.allclose(parts["physics"], (w * misfit).sum(1).mean(), rtol=1e-5)
     # temperature 0: every hypothesis alike
     cfg.train.physics_temperature = 0.0
-    _, p0 = loss_terms(model, TWO_BIRDS, x, y, cfg.train, beta=0.0)
+    _, p0 = model.loss(x, y, TWO_BIRDS, cfg.train, beta=0.0)
     assert torch.allclose(p0["physics"], misfit.mean(), rtol=1e-5)
 
 
@@ -119,14 +120,14 @@ def test_choose_components_posterior_and_coverage():
     model = build_model(cfg_for("cvae_re").model, TWO_BIRDS)
     w = torch.tensor([[0.5, 0.3, 0.15, 0.04, 0.005, 0.005], [0.9, 0.02, 0.02, 0.02, 0.02, 0.02]])
     g = torch.Generator().manual_seed(0)
-    c = model.choose_components(w, 20000, g, "posterior")
+    c = model.latent.choose(w, 20000, g, "posterior")
     freq = torch.stack([torch.bincount(c[i], minlength=6).double() / 20000 for i in range(2)])
     assert torch.allclose(freq, w.double(), atol=0.01)
-    cov = model.choose_components(w, 8, g, "coverage")
+    cov = model.latent.choose(w, 8, g, "coverage")
     assert cov[0, :4].tolist() == [0, 1, 2, 3]  # every component of weight >= 0.01 once, heaviest first
     assert set(cov[0, 4:].tolist()) <= {0, 1, 2, 3}  # then repeats among them, never the negligible ones
     assert sorted(cov[1, :6].tolist()) == [0, 1, 2, 3, 4, 5] and cov[1, 0] == 0
-    flat = model.choose_components(w, 20000, g, "posterior", temperature=0.0)
+    flat = model.latent.choose(w, 20000, g, "posterior", temperature=0.0)
     f1 = torch.bincount(flat[1], minlength=6).double() / 20000
     assert torch.allclose(f1, torch.full((6,), 1 / 6, dtype=torch.float64), atol=0.015)
 
@@ -135,12 +136,13 @@ def test_choose_components_posterior_and_coverage():
 def test_generation_is_reproducible_and_batch_independent(latent_type, batch):
     _, y = batch
     model = build_model(cfg_for("cvae_re", latent_type).model, TWO_BIRDS)
-    a = model.generate(y[:10], 7, batch=8, generator=torch.Generator().manual_seed(4), draw="coverage")
-    b = model.generate(y[:10], 7, batch=8192, generator=torch.Generator().manual_seed(4), draw="coverage")
+    coverage = SamplingOptions(draw="coverage")
+    a = Posterior(model, TWO_BIRDS).sample(y[:10], 7, coverage, batch=8, generator=torch.Generator().manual_seed(4))
+    b = Posterior(model, TWO_BIRDS).sample(y[:10], 7, coverage, batch=8192, generator=torch.Generator().manual_seed(4))
     assert a.shape == (10, 7, 50, 2) and torch.allclose(a, b, atol=1e-6)
     gauss = build_model(cfg_for("cvae_re", "gaussian").model, TWO_BIRDS)
-    with pytest.raises(ValueError, match="categorical or mixed"):
-        gauss.generate(y[:2], 3, draw="coverage")
+    with pytest.raises(UserError, match="categorical or mixed"):
+        Posterior(gauss, TWO_BIRDS).sample(y[:2], 3, coverage)
 
 
 @pytest.mark.parametrize("recognition", ["encoder", "exact"])
@@ -158,7 +160,7 @@ def test_categorical_training_lowers_the_loss_and_saves(recognition, tmp_path):
     assert cfg2.model.latent_type == "categorical"
     y = make_pairs(TWO_BIRDS, 5, seed=9, cache_dir=None).y
     g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
-    assert torch.equal(model.generate(y, 4, generator=g()), res.model.generate(y, 4, generator=g()))
+    assert torch.equal(Posterior(model, TWO_BIRDS).sample(y, 4, generator=g()), Posterior(res.model, TWO_BIRDS).sample(y, 4, generator=g()))
 
 
 def test_fresh_pairs_are_exact_and_new_every_epoch():
@@ -265,7 +267,7 @@ def test_learnt_decoder_scale_is_the_gaussian_likelihood(batch):
     model = build_model(cfg.model, TWO_BIRDS)
     with torch.no_grad():
         model.log_scale.fill_(-3.0)
-    loss, parts = loss_terms(model, TWO_BIRDS, x, y, cfg.train, beta=0.01)
+    loss, parts = model.loss(x, y, TWO_BIRDS, cfg.train, beta=0.01)
     out = model(x, y)
     mse_c = ((out["x_all"] - x.unsqueeze(1)) ** 2).mean(dim=(-1, -2))
     nll_c = 0.5 * (mse_c / np.exp(-3.0) - 3.0)
@@ -277,7 +279,7 @@ def test_learnt_decoder_scale_is_the_gaussian_likelihood(batch):
     g = cfg_for("cvae_re", "gaussian")
     g.model.decoder_scale = "learnt"
     gm = build_model(g.model, TWO_BIRDS)
-    l2, p2 = loss_terms(gm, TWO_BIRDS, x, y, g.train, beta=0.01)
+    l2, p2 = gm.loss(x, y, TWO_BIRDS, g.train, beta=0.01)
     assert torch.isfinite(l2) and "decoder_sigma" in p2
 
 
@@ -293,4 +295,4 @@ def test_checkpoints_from_before_latent_types_still_load(tmp_path, batch):
     loaded, _, _ = load_checkpoint(tmp_path / "old.pt")
     _, y = batch
     g = lambda: torch.Generator().manual_seed(2)  # noqa: E731
-    assert torch.equal(loaded.generate(y[:3], 4, generator=g()), model.generate(y[:3], 4, generator=g()))
+    assert torch.equal(Posterior(loaded, TWO_BIRDS).sample(y[:3], 4, generator=g()), Posterior(model, TWO_BIRDS).sample(y[:3], 4, generator=g()))

@@ -121,7 +121,7 @@ def test_user_problem_with_one_condition_end_to_end(tmp_path, monkeypatch, py):
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     from cvae_opt.config import Config
-    from cvae_opt.refine import generate_samples
+    from cvae_opt.posterior import Posterior
     from cvae_opt.train import train
 
     cfg = Config.from_dict({
@@ -133,11 +133,11 @@ def test_user_problem_with_one_condition_end_to_end(tmp_path, monkeypatch, py):
     assert res.problem.k == 1 and len(res.history) == 2 and "mode_recall" not in res.last  # no modes to enumerate
     # the reported metrics are those of the model's own samples for the first validation conditions
     val_y = load_validation(cfg.data, res.problem).y[:10]
-    again = evaluate_samples(res.problem, res.model.generate(val_y, 3, generator=torch.Generator().manual_seed(7)), val_y)
+    again = evaluate_samples(res.problem, Posterior(res.model, res.problem).sample(val_y, 3, seed=7), val_y)
     assert res.last["score"] == pytest.approx(again["score"]) and res.last["misfit_rmse"] == pytest.approx(again["misfit_rmse"])
     val = make_pairs(res.problem, 20, seed=9, cache_dir=None)
     assert val.y.shape == (20, 50, 1)
-    sub = Pairs.from_samples(generate_samples(res.model, val.y, 4), val.y)
+    sub = Pairs.from_samples(Posterior(res.model, res.problem).sample(val.y, 4), val.y)
     save_pairs(tmp_path / "sub.pt", sub)
     save_pairs(tmp_path / "truth.pt", val)
     r = run_evaluate(py, "--submission", str(tmp_path / "sub.pt"), "--problem", "oneprob:forward",

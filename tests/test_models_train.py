@@ -9,11 +9,12 @@ from cvae_opt.config import Config
 from cvae_opt.data import Pairs, make_pairs
 from cvae_opt.errors import NonFiniteLoss, UserError
 from cvae_opt.metrics import enumerate_solutions, evaluate_samples
-from cvae_opt.refine import generate_samples
-from cvae_opt.models import ModelConfig, build_model, kl_gaussians
+from cvae_opt.latents import kl_gaussians
+from cvae_opt.models import ModelConfig, build_model
+from cvae_opt.posterior import Posterior
 from cvae_opt.problems import TWO_BIRDS
 from cvae_opt.devices import resolve_device
-from cvae_opt.train import loss_terms, train, validation_loss
+from cvae_opt.train import train, validation_loss
 
 
 def small_cfg(arch="cvae_re", head="line", **train):
@@ -51,7 +52,7 @@ def test_physics_term_trains_the_decoder(arch, head, pairs):
     x, y = pairs[0].x[:64], pairs[0].y[:64]
     tc = cfg.train
     tc.w_x, tc.beta = 0.0, 0.0  # only the physics term left
-    loss, parts = loss_terms(model, TWO_BIRDS, x, y, tc, beta=0.0)
+    loss, parts = model.loss(x, y, TWO_BIRDS, tc, beta=0.0)
     loss.backward()
     grads = [p.grad for p in model.decoder.parameters() if p.grad is not None]
     assert grads and sum(float(g.abs().sum()) for g in grads) > 0
@@ -71,7 +72,7 @@ def test_one_epoch_lowers_the_loss(arch, head, pairs):
         torch.manual_seed(123)
         model.eval()
         with torch.no_grad():
-            return float(loss_terms(model, TWO_BIRDS, pairs[0].x, pairs[0].y, cfg.train, cfg.train.beta)[0])
+            return float(model.loss(pairs[0].x, pairs[0].y, TWO_BIRDS, cfg.train, cfg.train.beta)[0])
 
     before = full_loss(fresh)
     seen = []
@@ -83,7 +84,7 @@ def test_one_epoch_lowers_the_loss(arch, head, pairs):
     assert all(math.isfinite(m[k]) for k in ("train_loss", "val_loss", "val_physics"))
     # the generation metrics are those of the trained model's samples for the first validation conditions
     y = pairs[1].y[: cfg.train.eval_conditions]
-    samples = res.model.generate(y, cfg.train.eval_samples, generator=torch.Generator().manual_seed(cfg.train.seed + 7))
+    samples = Posterior(res.model, TWO_BIRDS).sample(y, cfg.train.eval_samples, seed=cfg.train.seed + 7)
     again = evaluate_samples(TWO_BIRDS, samples, y, enumerate_solutions(TWO_BIRDS, y), pairs[1].x[: len(y)])
     for key in ("score", "misfit_rmse", "mode_precision", "mode_recall", "truth_recall"):
         assert m[key] == pytest.approx(again[key]), key
@@ -93,12 +94,12 @@ def test_generation_shapes_and_reproducibility(pairs):
     cfg = small_cfg()
     model = build_model(cfg.model, TWO_BIRDS)
     y = pairs[1].y[:7]
-    out = Pairs.from_samples(generate_samples(model, y, 5, seed=3, batch=8), y)  # several batches
+    out = Pairs.from_samples(Posterior(model, TWO_BIRDS).sample(y, 5, seed=3, batch=8), y)  # several batches
     assert out.x.shape == (35, 50, 2) and out.y.shape == (35, 50, 2)
     assert torch.equal(out.y[5], y[1]) and torch.equal(out.y[9], y[1])
-    assert torch.allclose(out.x, Pairs.from_samples(generate_samples(model, y, 5, seed=3), y).x, atol=1e-6)  # batching changes nothing
+    assert torch.allclose(out.x, Pairs.from_samples(Posterior(model, TWO_BIRDS).sample(y, 5, seed=3), y).x, atol=1e-6)  # batching changes nothing
     assert not torch.equal(out.x[0], out.x[1])
-    assert model.generate(y, 3).shape == (7, 3, 50, 2)
+    assert Posterior(model, TWO_BIRDS).sample(y, 3).shape == (7, 3, 50, 2)
 
 
 def test_nan_loss_stops_with_a_clear_reason(pairs):
@@ -153,11 +154,11 @@ def test_w_y_zero_skips_the_physics_term_in_training_steps(pairs):
         cfg.model = ModelConfig(**{**cfg.model.__dict__, **latent})
         model = build_model(cfg.model, nan_problem)
         calls.clear()
-        loss, parts = loss_terms(model, nan_problem, x, y, cfg.train, 0.1)
+        loss, parts = model.loss(x, y, nan_problem, cfg.train, 0.1)
         assert calls == [] and "physics" not in parts and torch.isfinite(loss)
         loss.backward()
         with torch.no_grad():  # validation still reports it, as a diagnostic, without adding it
-            loss, parts = loss_terms(model, nan_problem, x, y, cfg.train, 0.1)
+            loss, parts = model.loss(x, y, nan_problem, cfg.train, 0.1)
         assert calls == [False] and torch.isnan(parts["physics"]) and torch.isfinite(loss)
         val = validation_loss(model, nan_problem, Pairs(x, y), cfg.train, 0.1)  # the same, with no graph
         assert math.isnan(val["val_physics"]) and math.isfinite(val["val_loss"])
@@ -172,7 +173,7 @@ def test_checkpoint_round_trip(tmp_path, pairs):
     model, cfg2, _ = load_checkpoint(f)
     assert cfg2 == cfg
     y = pairs[1].y[:4]
-    assert torch.equal(Pairs.from_samples(generate_samples(model, y, 3, seed=1), y).x, Pairs.from_samples(generate_samples(res.model, y, 3, seed=1), y).x)
+    assert torch.equal(Posterior(model, TWO_BIRDS).sample(y, 3, seed=1), Posterior(res.model, TWO_BIRDS).sample(y, 3, seed=1))
 
 
 def test_a_device_the_machine_lacks_is_refused(monkeypatch):
@@ -225,7 +226,7 @@ def test_winner_takes_all_physics_pulls_only_the_best_sample(pairs):
         torch.manual_seed(0)
         model = build_model(cfg.model, TWO_BIRDS)
         torch.manual_seed(1)
-        parts = loss_terms(model, TWO_BIRDS, x, y, cfg.train, 1.0)[1]
+        parts = model.loss(x, y, TWO_BIRDS, cfg.train, 1.0)[1]
         torch.manual_seed(1)
         with torch.no_grad():
             model(x, y)

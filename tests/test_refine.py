@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cvae_opt.checkpoints import save_checkpoint
-from cvae_opt.api import check_sampling
+from cvae_opt.posterior import SamplingOptions
 from cvae_opt.config import Config, ModelConfig
 from cvae_opt.data import load_pairs, sample_lines
 from cvae_opt.errors import UserError
@@ -164,11 +164,11 @@ def test_lm_refinement_needs_forward_mode_and_the_commands_name_the_fix(challeng
     with pytest.raises(RuntimeError):  # the numerical code says what torch says; the commands check first
         refine(problem, x, p.y[:2], steps=5)
     model = build_model(ModelConfig(), problem)
-    options = {"draw": "posterior", "temperature": 1.0, "refine_steps": 5, "refine_method": "lm", "oversample": 1}
+    options = SamplingOptions(refine_steps=5, refine_method="lm")
     with pytest.raises(UserError, match=r"use refine method adam \(--refine-method adam\)"):
-        check_sampling(model, problem, options)
-    check_sampling(model, problem, {**options, "refine_method": "adam"})  # the fix is accepted
-    check_sampling(model, TWO_BIRDS, options)
+        options.check(model, problem)
+    SamplingOptions(refine_steps=5, refine_method="adam").check(model, problem)  # the fix is accepted
+    options.check(model, TWO_BIRDS)
     out = refine(problem, x, p.y[:2], steps=5, method="adam")  # and works
     assert out.shape == x.shape and torch.isfinite(out).all()
     assert sample_misfit(problem, out, p.y[:2]).mean() < sample_misfit(problem, x, p.y[:2]).mean()

@@ -19,10 +19,12 @@ from cvae_opt.cli import run_main
 from cvae_opt.config import Config
 from cvae_opt.data import Pairs, load_pairs, make_pairs, save_pairs
 from cvae_opt.metrics import evaluate_samples
-from cvae_opt.models import build_model, kl_gaussians
+from cvae_opt.latents import kl_gaussians
+from cvae_opt.models import build_model
+from cvae_opt.posterior import Posterior, SamplingOptions
 from cvae_opt.problems import TWO_BIRDS
-from cvae_opt.refine import generate_samples, refine
-from cvae_opt.train import beta_at, loss_terms, train
+from cvae_opt.refine import refine
+from cvae_opt.train import beta_at, train
 
 TRAIN, BATCH = 500, 50  # 10 steps per epoch
 
@@ -117,7 +119,7 @@ def test_free_bits_clamp_the_optimised_kl_per_dimension(cache):
         tc = config(cache, model={"latent": 8}, free_bits=free_bits).train
         torch.manual_seed(1)
         with torch.no_grad():
-            return loss_terms(model, TWO_BIRDS, pairs.x, pairs.y, tc, beta=1.0)
+            return model.loss(pairs.x, pairs.y, TWO_BIRDS, tc, beta=1.0)
 
     (l0, p0), (l1, p1) = loss(0.0), loss(fb)
     assert float(p1["kl"]) == pytest.approx(float(p0["kl"]))  # reported unclamped
@@ -247,12 +249,12 @@ def test_generation_in_small_batches_equals_one_batch(cache, latent):
     torch.manual_seed(0)
     model = build_model(config(cache, model=latent).model, TWO_BIRDS)
     y = make_pairs(TWO_BIRDS, 5, seed=13, cache_dir=None).y
-    big = generate_samples(model, y, 4, seed=2, batch=8192)
-    small = generate_samples(model, y, 4, seed=2, batch=4)  # one y per decoder pass
+    post = Posterior(model, TWO_BIRDS)
+    big = post.sample(y, 4, seed=2, batch=8192)
+    small = post.sample(y, 4, seed=2, batch=4)  # one y per decoder pass
     assert big.shape == (5, 4, 50, 2)
     assert torch.allclose(small, big, atol=1e-6)
-    assert not torch.allclose(generate_samples(model, y, 4, seed=3, batch=4), big, atol=1e-3)
+    assert not torch.allclose(post.sample(y, 4, seed=3, batch=4), big, atol=1e-3)
     # the refined pipeline too: oversampled draws refined in small decoder batches
-    opts = {"refine_steps": 4, "oversample": 2, "problem": TWO_BIRDS}
-    assert torch.allclose(generate_samples(model, y, 4, seed=2, batch=4, **opts),
-                          generate_samples(model, y, 4, seed=2, batch=8192, **opts), atol=1e-5)
+    opts = SamplingOptions(refine_steps=4, oversample=2)
+    assert torch.allclose(post.sample(y, 4, opts, seed=2, batch=4), post.sample(y, 4, opts, seed=2, batch=8192), atol=1e-5)

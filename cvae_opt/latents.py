@@ -1,0 +1,392 @@
+"""Latent families: what z is, how the networks parametrise it, its ELBO terms and how generation draws it.
+
+A family is one class (`LatentFamily`), registered by its `latent_type` name. The model (`models.CVAE`)
+asks its family for the latent head of the encoder and prior network, the fixed prior of the plain
+`cvae`, the recognition pass, the loss terms (KL, reconstruction, physics) and, for generation, the
+draws (z and component) and the decoding of those draws. Nothing outside this module tests a latent
+type by name, so a new family is one subclass here or in a user's module (`register`).
+
+- `gaussian`: z ~ N(mu, sigma) of `latent` dimensions (the notebooks' model).
+- `categorical`: one of `components` (K) hypotheses. The decoder emits all K outputs for a y in one
+  pass; the recognition side is q(c | x, y) (K logits from the encoder, or `recognition: exact`, the
+  model's own posterior over its hypotheses) and the ELBO is marginalised exactly over c, so no Gumbel
+  noise or sampling of c is needed in training. p(x | y) is a mixture of K point hypotheses.
+- `mixed`: a component and a small Gaussian z within it, for solutions that form continua.
+
+Units: reconstruction errors are in units of the problem's x scale squared, physics misfits in units of
+its y scale squared (`LossContext`), so one search space serves problems of any units.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import DRAWS, ModelConfig, TrainConfig
+from .data import repeat_rows
+from .errors import UserError
+
+if TYPE_CHECKING:
+    from .models import CVAE
+
+LOGVAR_MIN, LOGVAR_MAX = -12.0, 8.0
+
+
+class GaussianHead(nn.Module):
+    """Mean and log-variance of a diagonal Gaussian; log-variance softly bounded so exp() stays finite."""
+
+    def __init__(self, width: int, latent: int):
+        super().__init__()
+        self.mu = nn.Linear(width, latent)
+        self.logvar = nn.Linear(width, latent)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lv = self.logvar(h)
+        lv = LOGVAR_MIN + (LOGVAR_MAX - LOGVAR_MIN) * torch.sigmoid(lv / 4.0 + 0.4)
+        return self.mu(h), lv
+
+
+class LatentHead(nn.Module):
+    """The latent's parameters from features: a Gaussian (mean, log-variance), K component logits, or both."""
+
+    def __init__(self, width: int, gaussian: int, components: int):
+        super().__init__()
+        self.gauss = GaussianHead(width, gaussian) if gaussian else None
+        self.logits = nn.Linear(width, components) if components > 1 else None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
+        # checkpoints written before latent types existed hold the Gaussian head as `mu`/`logvar` directly
+        for part in ("mu", "logvar"):
+            for suffix in ("weight", "bias"):
+                if f"{prefix}{part}.{suffix}" in state_dict:
+                    state_dict[f"{prefix}gauss.{part}.{suffix}"] = state_dict.pop(f"{prefix}{part}.{suffix}")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        if self.gauss is not None:
+            out["mu"], out["logvar"] = self.gauss(h)
+        if self.logits is not None:
+            out["logits"] = self.logits(h)
+        return out
+
+
+@dataclass
+class LossContext:
+    """What a family's loss terms need besides the batch: the problem (forward map, scales), the training
+    settings, the KL weight of this step and the run's own random generator (None: torch's global one)."""
+
+    problem: Any
+    tc: TrainConfig
+    beta: float
+    generator: torch.Generator | None = None
+
+    @property
+    def x_var(self) -> float:
+        """x in units of the prior's scale: reconstruction errors are divided by this."""
+        return float(self.problem.x_scale) ** 2
+
+    @property
+    def y_var(self) -> float:
+        """y in units of the noise (1 for line problems): the physics term is then chi-squared per datum."""
+        return float(self.problem.y_scale) ** 2
+
+    @property
+    def physics_off(self) -> bool:
+        """With w_y = 0 a training step skips the physics term (no forward, no backward, and a NaN forward
+        cannot reach the loss); without gradients (validation) it is still computed, as a diagnostic."""
+        return self.tc.w_y <= 0 and torch.is_grad_enabled()
+
+
+def normal(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard-normal draws of `shape` on like's device and dtype, from `generator` (None: torch's global)."""
+    return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+def kl_gaussians(mu_q: torch.Tensor, lv_q: torch.Tensor, mu_p: torch.Tensor, lv_p: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu_q, e^lv_q) || N(mu_p, e^lv_p)) of diagonal Gaussians, per latent dimension (sum(-1) gives
+    the total; free bits needs the dimensions apart).
+
+    0.5 * ( lv_p - lv_q + (e^lv_q + (mu_q - mu_p)^2) / e^lv_p - 1 ). With mu_p = lv_p = 0 it is the
+    usual KL to N(0, I).
+    """
+    return 0.5 * (lv_p - lv_q + (torch.exp(lv_q) + (mu_q - mu_p) ** 2) * torch.exp(-lv_p) - 1.0)
+
+
+def kl_categorical(logits_q: torch.Tensor, logits_p: torch.Tensor) -> torch.Tensor:
+    """KL(q || r) of categorical distributions given by logits (..., K), summed over the K components."""
+    log_q = torch.log_softmax(logits_q, dim=-1)
+    return (log_q.exp() * (log_q - torch.log_softmax(logits_p, dim=-1))).sum(-1)
+
+
+def misfit(problem: Any, x: torch.Tensor, y: torch.Tensor, y_var: float) -> torch.Tensor:
+    """Mean squared data misfit of models x (B, S, *x_shape) to y (B, P, k) in noise units: (B, S)."""
+    return ((problem(x) - y.unsqueeze(1)) ** 2).mean(dim=(-1, -2)) / y_var
+
+
+class LatentFamily:
+    """One kind of latent. Subclasses set `name` and the flags, and implement `recognise`, `terms`,
+    `draws` and `decode`; component families also `choose`."""
+
+    name: ClassVar[str]
+    title: ClassVar[str] = ""  # how messages name it (the name when empty)
+    has_components: ClassVar[bool] = False  # draws pick one of K hypotheses (coverage draws, temperatures apply)
+
+    def __init__(self, cfg: ModelConfig):
+        self.cfg = cfg
+
+    @property
+    def gaussian_dims(self) -> int:
+        """Gaussian dimensions the decoder takes (0: none)."""
+        return 0
+
+    @property
+    def components(self) -> int:
+        """Hypotheses the decoder emits for one y (1: no component)."""
+        return 1
+
+    @property
+    def needs_encoder(self) -> bool:
+        """Whether recognition needs a network q(. | x, y)."""
+        return True
+
+    def head(self, width: int) -> LatentHead:
+        """The layer that turns `width` features into this latent's parameters (encoder, prior network)."""
+        return LatentHead(width, self.gaussian_dims, self.components)
+
+    def fixed_prior(self, y: torch.Tensor, component_logits: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The y-independent prior of the plain `cvae`: N(0, I) and uniform or learnt component weights."""
+        out: dict[str, torch.Tensor] = {}
+        if self.gaussian_dims:
+            zeros = y.new_zeros(y.shape[0], self.gaussian_dims)
+            out["mu"], out["logvar"] = zeros, zeros
+        if self.components > 1:
+            logits = component_logits if component_logits is not None else y.new_zeros(self.components)
+            out["logits"] = logits.unsqueeze(0).expand(y.shape[0], -1)
+        return out
+
+    def recognise(self, model: "CVAE", x: torch.Tensor, y: torch.Tensor, q: dict, p: dict,
+                  generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        """The recognition pass: q's and r's parameters (suffixed _q, _p) and what the decoder made of x."""
+        raise NotImplementedError
+
+    def terms(self, model: "CVAE", out: dict, x: torch.Tensor, y: torch.Tensor, ctx: LossContext
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
+        """(KL as optimised, reconstruction, physics or None, named parts) of one batch."""
+        raise NotImplementedError
+
+    def draws(self, y: torch.Tensor, n: int, generator: torch.Generator, weights: torch.Tensor | None,
+              draw: str, temperature: float) -> dict[str, torch.Tensor]:
+        """Everything random about n samples for each of M y, drawn at once on the CPU from `generator`, so
+        the samples do not depend on the batch size or the device: eps (M, n, gaussian_dims), c (M, n)."""
+        raise NotImplementedError
+
+    def decode(self, model: "CVAE", y: torch.Tensor, p: dict, draws: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Samples (M, n, *x_shape) through the generation path for fixed draws, differentiable."""
+        raise NotImplementedError
+
+    def choose(self, weights: torch.Tensor, n: int, generator: torch.Generator | None = None,
+               draw: str = "posterior", temperature: float = 1.0, min_weight: float = 0.01) -> torch.Tensor:
+        raise ValueError(f"a {self.name} latent has no components to choose")
+
+
+class GaussianLatent(LatentFamily):
+    name = "gaussian"
+    title = "Gaussian"
+
+    @property
+    def gaussian_dims(self) -> int:
+        return self.cfg.latent
+
+    def recognise(self, model, x, y, q, p, generator):
+        out = {f"{k}_q": v for k, v in q.items()} | {f"{k}_p": v for k, v in p.items()}
+        z = q["mu"] + normal(q["mu"].shape, q["mu"], generator) * torch.exp(0.5 * q["logvar"])
+        out["x_hat"] = model.decoder(z, y)
+        return out
+
+    def terms(self, model, out, x, y, ctx):
+        tc = ctx.tc
+        kl_dims = kl_gaussians(out["mu_q"], out["logvar_q"], out["mu_p"], out["logvar_p"])
+        kl = kl_dims.sum(1).mean()
+        kl_opt = torch.clamp(kl_dims.mean(0), min=tc.free_bits).sum() if tc.free_bits > 0 else kl
+        recon = model.reconstruction_nll(F.mse_loss(out["x_hat"], x) / ctx.x_var)
+        parts = {"kl": kl, "recon": recon}
+        physics = None
+        if not ctx.physics_off:
+            physics = F.mse_loss(ctx.problem(out["x_hat"]), y) / ctx.y_var
+            parts["physics_rec"] = physics
+        if tc.w_y > 0 and tc.physics_samples > 0:
+            per_sample = misfit(ctx.problem, model.draw(y, tc.physics_samples, ctx.generator), y, ctx.y_var)
+            if tc.physics_reduce == "min":  # winner takes all: the other samples are free to cover other modes
+                parts["physics_gen"] = per_sample.min(dim=1).values.mean()
+            else:
+                parts["physics_gen"] = per_sample.mean()
+            physics = 0.5 * (physics + parts["physics_gen"])
+        return kl_opt, recon, physics, parts
+
+    def draws(self, y, n, generator, weights, draw, temperature):
+        return {"eps": torch.randn(y.shape[0], n, self.gaussian_dims, generator=generator)}
+
+    def decode(self, model, y, p, draws):
+        m, n = draws["eps"].shape[:2]
+        eps = draws["eps"].to(y)
+        z = p["mu"].unsqueeze(1) + eps * torch.exp(0.5 * p["logvar"]).unsqueeze(1)
+        return model.decoder(z.reshape(m * n, -1), repeat_rows(y, n)).view(m, n, *model.x_shape)
+
+
+class CategoricalLatent(LatentFamily):
+    name = "categorical"
+    has_components = True
+
+    @property
+    def components(self) -> int:
+        return self.cfg.components
+
+    @property
+    def needs_encoder(self) -> bool:
+        return self.cfg.recognition != "exact"
+
+    def _gaussian_z(self, q: dict, generator: torch.Generator | None) -> torch.Tensor | None:
+        return None
+
+    def recognise(self, model, x, y, q, p, generator):
+        if self.cfg.recognition == "exact":
+            q = {k: v for k, v in q.items() if k != "logits"}  # the loss computes them
+        out = {f"{k}_q": v for k, v in q.items()} | {f"{k}_p": v for k, v in p.items()}
+        out["x_all"] = model.decoder(self._gaussian_z(q, generator), y)
+        return out
+
+    def _generated(self, model, out, y, ctx) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every hypothesis the sampler can pick, and its log-weight log r(c|y)."""
+        return out["x_all"], torch.log_softmax(out["logits_p"], dim=-1)
+
+    def terms(self, model, out, x, y, ctx):
+        tc = ctx.tc
+        recon_c = model.reconstruction_nll(((out["x_all"] - x.unsqueeze(1)) ** 2).flatten(2).mean(-1) / ctx.x_var)
+        if self.cfg.recognition == "exact":  # the optimal q of this bound: the model's posterior over its hypotheses
+            out["logits_q"] = torch.log_softmax(out["logits_p"], dim=-1) - tc.w_x * recon_c / max(ctx.beta, 1e-8)
+        q = torch.softmax(out["logits_q"], dim=-1)  # (B, K)
+        kl_c = kl_categorical(out["logits_q"], out["logits_p"]).mean()
+        kl, kl_opt, parts = self._gaussian_kl(out, tc)
+        recon = (q * recon_c).sum(1).mean()
+        parts.update(kl=kl + kl_c, kl_components=kl_c, recon=recon)
+        physics = None
+        if not ctx.physics_off:
+            # the misfit of every hypothesis, weighted by r(c|y)^T renormalised (T = physics_temperature; the
+            # weights are not trained by it), so each hypothesis is pulled onto the solution nearest to it
+            x_gen, log_w = self._generated(model, out, y, ctx)
+            w = torch.softmax(log_w.detach() * tc.physics_temperature, dim=-1)
+            physics = (w * misfit(ctx.problem, x_gen, y, ctx.y_var)).sum(1).mean()
+            parts["physics_gen"] = physics
+        return kl_opt + kl_c, recon, physics, parts
+
+    def _gaussian_kl(self, out, tc) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        zero = out["logits_p"].new_zeros(())
+        return zero, zero, {}
+
+    def choose(self, weights, n, generator=None, draw="posterior", temperature=1.0, min_weight=0.01):
+        """Components (M, n) for n samples per y from weights (M, K), on the CPU.
+
+        posterior: independent draws from the weights (tempered: w^T renormalised over the components of
+        weight >= min_weight when T != 1; T = 1 is the model's posterior). coverage: first every distinct
+        component of weight >= min_weight, heaviest first, then tempered draws among them, so n samples
+        show min(n, #components) different hypotheses."""
+        if draw not in DRAWS:
+            raise ValueError(f"unknown draw {draw!r}; use one of {', '.join(DRAWS)}")
+        if temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        w = weights.detach().double().cpu()
+        m, k = w.shape
+        thr = min(min_weight, 1.0 / k)
+        eligible = (w >= thr) | (w == w.max(dim=1, keepdim=True).values)
+        if draw == "posterior" and temperature == 1.0:
+            tempered = w
+        else:
+            tempered = torch.where(eligible, w.clamp_min(1e-300) ** temperature, torch.zeros_like(w))
+        tempered = tempered / tempered.sum(dim=1, keepdim=True)
+        picks = torch.multinomial(tempered, n, replacement=True, generator=generator)
+        if draw == "posterior":
+            return picks
+        order = torch.argsort(w, dim=1, descending=True)
+        count = eligible.sum(dim=1, keepdim=True)
+        j = torch.arange(n).unsqueeze(0)
+        distinct = order.gather(1, j.clamp(max=k - 1).expand(m, n))
+        return torch.where(j < count, distinct, picks)
+
+    def draws(self, y, n, generator, weights, draw, temperature):
+        return {"c": self.choose(weights, n, generator, draw, temperature)}
+
+    def decode(self, model, y, p, draws):
+        c = draws["c"]
+        m, n = c.shape
+        z = None
+        if "eps" in draws:
+            eps = draws["eps"].to(y)
+            z = (p["mu"].unsqueeze(1) + eps * torch.exp(0.5 * p["logvar"]).unsqueeze(1)).reshape(m * n, -1)
+        return model.decoder(z, repeat_rows(y, n), c.to(y.device).reshape(-1)).view(m, n, *model.x_shape)
+
+
+class MixedLatent(CategoricalLatent):
+    name = "mixed"
+
+    @property
+    def gaussian_dims(self) -> int:
+        return self.cfg.latent
+
+    @property
+    def needs_encoder(self) -> bool:
+        return True  # the Gaussian part is recognised by the encoder even with exact component recognition
+
+    def _gaussian_z(self, q, generator):
+        return q["mu"] + normal(q["mu"].shape, q["mu"], generator) * torch.exp(0.5 * q["logvar"])
+
+    def _gaussian_kl(self, out, tc):
+        kl_dims = kl_gaussians(out["mu_q"], out["logvar_q"], out["mu_p"], out["logvar_p"])
+        kl = kl_dims.sum(1).mean()
+        kl_opt = torch.clamp(kl_dims.mean(0), min=tc.free_bits).sum() if tc.free_bits > 0 else kl
+        return kl, kl_opt, {"kl_gaussian": kl}
+
+    def _generated(self, model, out, y, ctx):
+        # every hypothesis through the generation path, with one z ~ r(z|y) per y
+        p = {k[:-2]: v for k, v in out.items() if k.endswith("_p")}
+        z = p["mu"] + normal(p["mu"].shape, p["mu"], ctx.generator) * torch.exp(0.5 * p["logvar"])
+        return model.decoder(z, y), torch.log_softmax(p["logits"], dim=-1)
+
+    def draws(self, y, n, generator, weights, draw, temperature):
+        eps = torch.randn(y.shape[0], n, self.gaussian_dims, generator=generator)  # first, as ever: same streams
+        return {"eps": eps, "c": self.choose(weights, n, generator, draw, temperature)}
+
+
+FAMILIES: dict[str, type[LatentFamily]] = {}
+
+
+def register(family: type[LatentFamily]) -> type[LatentFamily]:
+    """Make a latent family available as `model.latent_type: NAME` (built-in or a user's class)."""
+    FAMILIES[family.name] = family
+    return family
+
+
+for _family in (GaussianLatent, CategoricalLatent, MixedLatent):
+    register(_family)
+
+
+def latent_family(cfg: ModelConfig) -> LatentFamily:
+    """The family `cfg.latent_type` names (a registered name or 'package.module:Class'), built for this config."""
+    name = cfg.latent_type
+    if name in FAMILIES:
+        return FAMILIES[name](cfg)
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            family = getattr(importlib.import_module(module_name), attr)
+        except Exception as exc:
+            raise UserError(f"model.latent_type {name!r}: cannot load it ({type(exc).__name__}: {exc})") from None
+        if not (isinstance(family, type) and issubclass(family, LatentFamily)):
+            raise UserError(f"model.latent_type {name!r} is not a cvae_opt.latents.LatentFamily subclass")
+        return family(cfg)
+    raise UserError(f"model.latent_type: unknown {name!r}; use one of {', '.join(FAMILIES)} or 'package.module:Class'")

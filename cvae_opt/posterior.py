@@ -1,0 +1,130 @@
+"""The posterior sampler: the one place between a trained model and everyone who wants samples from it.
+
+`Posterior(model, problem).sample(y, n, options, generator=...)` draws n models x for each measurement y:
+the latent family's draws (z, and a hypothesis picked by `draw` and `temperature`) made at once on the
+CPU from the caller's generator, decoded in batches on the model's device, then, as `options` ask,
+refined against y and thinned to the n that fit, farthest apart (`refine`). The options are checked
+once, in `SamplingOptions.check`, against the model's latent family and the problem's kind. The network
+holds no sampling policy (sbi's `DirectPosterior` keeps it apart the same way).
+
+With a seeded generator the samples depend neither on the batch size nor on the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .config import DRAWS, REFINE_METHODS
+from .errors import UserError
+from .models import CVAE
+from .problems import AnyProblem, supports_forward_mode
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How samples are drawn. Raw (the default): one decoder pass each. `draw`: posterior (by the model's
+    weights) or coverage (every distinct hypothesis first); `temperature`: weights^T renormalised
+    (component latents). `refine_steps` > 0: that many iterations fitting each sample to its y
+    (`refine_method` lm or adam, `refine_lr` Adam's step); `oversample` K: K times as many drawn, the n
+    that fit, farthest apart, kept."""
+
+    draw: str = "posterior"
+    temperature: float = 1.0
+    refine_steps: int = 0
+    refine_method: str = "lm"
+    refine_lr: float = 0.2
+    oversample: int = 1
+
+    @property
+    def mode(self) -> str:
+        return "raw" if not (self.refine_steps or self.oversample > 1) else "refined"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def check(self, model: CVAE, problem: AnyProblem) -> None:
+        """What the options, the model and the problem allow; one UserError for each mistake."""
+        if self.refine_steps < 0 or self.oversample < 1:
+            raise UserError(f"refine must be >= 0 and oversample >= 1 (--refine, --oversample), got "
+                            f"{self.refine_steps} and {self.oversample}")
+        if (self.refine_steps or self.oversample > 1) and not problem.is_lines:
+            raise UserError(
+                f"problem {problem.name!r}: refinement and oversampling (--refine, --oversample) fit line end points; "
+                "for a field problem use the raw samples (drop those options)"
+            )
+        if not self.temperature >= 0:
+            raise UserError(f"temperature must be >= 0 (--temperature), got {self.temperature}")
+        if self.draw not in DRAWS:
+            raise UserError(f"draw {self.draw!r}: use one of {', '.join(DRAWS)}")
+        if self.refine_method not in REFINE_METHODS:
+            raise UserError(f"refine method {self.refine_method!r}: use one of {', '.join(REFINE_METHODS)}")
+        if not model.latent.has_components and (self.draw != "posterior" or self.temperature != 1.0):
+            raise UserError(
+                f"draw {self.draw}, temperature {self.temperature:g}: this model has a {model.latent.title or model.latent.name} latent, "
+                "which has only its posterior; coverage draws and temperatures need model.latent_type categorical or mixed"
+            )
+        if self.refine_steps and self.refine_method == "lm" and not supports_forward_mode(problem):
+            raise UserError(
+                f"problem {problem.name!r} does not support forward-mode differentiation, which LM refinement needs; "
+                "use refine method adam (--refine-method adam)"
+            )
+
+
+RAW = SamplingOptions()
+
+
+class Posterior:
+    """p(x | y) as a trained model draws it, for one problem."""
+
+    def __init__(self, model: CVAE, problem: AnyProblem):
+        self.model, self.problem = model, problem
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def check(self, options: SamplingOptions) -> None:
+        options.check(self.model, self.problem)
+
+    def sample(
+        self, y: torch.Tensor, n: int, options: SamplingOptions = RAW, *, generator: torch.Generator | None = None,
+        seed: int | None = None, batch: int = 8192, to_cpu: bool = True, checked: bool = False,
+    ) -> torch.Tensor:
+        """n samples for each of M given y (M, P, k): (M, n, *x_shape), on the CPU (or, `to_cpu` False, the
+        model's device). Random draws from `generator` (a CPU generator), else from a new one seeded with
+        `seed` (default 0). `checked`: the caller has checked the options already (a trial, every epoch)."""
+        if not checked:
+            self.check(options)
+        if generator is None:
+            generator = torch.Generator().manual_seed(0 if seed is None else seed)
+        x = self._raw(y, n * options.oversample, generator, options.draw, options.temperature, batch)
+        if options.refine_steps or options.oversample > 1:
+            from .refine import refine, select_diverse
+
+            yd = y.to(x.device)
+            if options.refine_steps:
+                x = refine(self.problem, x, yd, options.refine_steps, lr=options.refine_lr, method=options.refine_method)
+            if options.oversample > 1:
+                x = select_diverse(self.problem, x, yd, n)
+        return x.cpu() if to_cpu else x
+
+    @torch.no_grad()
+    def _raw(self, y: torch.Tensor, n: int, generator: torch.Generator, draw: str, temperature: float,
+             batch: int) -> torch.Tensor:
+        """One decoder pass per sample, in batches of about `batch` samples, in eval mode."""
+        model = self.model
+        was_training = model.training
+        model.eval()
+        try:
+            y = y.to(self.device, torch.float32)
+            per = max(1, batch // max(n, 1))
+            chunks = range(0, y.shape[0], per)
+            weights = None
+            if model.latent.has_components:  # all components chosen at once: independent of the batching
+                weights = torch.cat([model.component_weights(y[i : i + per]).cpu() for i in chunks])
+            draws = model.latent.draws(y, n, generator, weights, draw, temperature)
+            return torch.cat([model.decode(y[i : i + per], {k: v[i : i + per] for k, v in draws.items()}) for i in chunks])
+        finally:
+            model.train(was_training)
