@@ -35,7 +35,7 @@ from cvae_opt.api import load_generator  # noqa: E402
 from cvae_opt.data import load_pairs, make_pairs  # noqa: E402
 from cvae_opt.field_metrics import evaluate_field_samples  # noqa: E402
 from cvae_opt.metrics import enumerate_solutions, evaluate_samples  # noqa: E402
-from cvae_opt.problems import line_ends, line_points, resolve_problem  # noqa: E402
+from cvae_opt.problems import LineProblem, line_ends, line_points, resolve_problem  # noqa: E402
 
 TEST = {"two_birds": ("two_birds:scoring", 30), "gravity2d": ("gravity2d:test", 200),
         "gravity2d_blocks": ("gravity2d_blocks:test", 200)}
@@ -47,11 +47,11 @@ SHOWN = {
 
 
 def to_theta(problem, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-    return line_ends(x.double()).float() if problem.is_lines else x.flatten(1)
+    return line_ends(x.double()).float() if isinstance(problem, LineProblem) else x.flatten(1)
 
 
 def from_theta(problem, theta: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-    return line_points(theta.double(), problem.n_points) if problem.is_lines else theta.double().view(-1, *problem.x_shape)
+    return line_points(theta.double(), problem.n_points) if isinstance(problem, LineProblem) else theta.double().view(-1, *problem.x_shape)
 
 
 def sbi_prior(problem):  # noqa: ANN001, ANN201
@@ -60,7 +60,7 @@ def sbi_prior(problem):  # noqa: ANN001, ANN201
     directly, so the prior would only serve sbi's rejection of samples outside its support)."""
     from sbi.utils import BoxUniform
 
-    if problem.is_lines:
+    if isinstance(problem, LineProblem):
         lo, hi = problem.box
         return BoxUniform(torch.full((4,), lo), torch.full((4,), hi))
     return None
@@ -102,13 +102,13 @@ def peer_samples(problem, estimator, y: torch.Tensor, n: int) -> torch.Tensor:  
             th = estimator.sample((n,), condition=cond)  # (n, B, d)
             out.append(th.transpose(0, 1))
     theta = torch.cat(out)  # (M, n, d)
-    if problem.is_lines:
+    if isinstance(problem, LineProblem):
         theta = theta.clamp(*problem.box)
     return from_theta(problem, theta.reshape(-1, theta.shape[-1])).view(len(y), n, *problem.x_shape)
 
 
 def score(problem, x: torch.Tensor, test) -> dict[str, float]:  # noqa: ANN001
-    if problem.is_lines:
+    if isinstance(problem, LineProblem):
         return evaluate_samples(problem, x, test.y, enumerate_solutions(problem, test.y), test.x)
     return evaluate_field_samples(problem, x, test.y, test.x)
 
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     rows[f"sbi NPE {args.estimator} ({trained:.0f} s, {epochs} epochs)"] = score(problem, peer_samples(problem, estimator, test.y, s), test)
     if problem.posterior is not None:
         rows["exact posterior (limit)"] = score(problem, problem.posterior.sample(test.y, s, seed=1), test)
-    shown = SHOWN["two_birds" if problem.is_lines else "gravity"]
+    shown = SHOWN["two_birds" if isinstance(problem, LineProblem) else "gravity"]
     width = max(len(r) for r in rows) + 2
     print(" " * width + "".join(f"{k[:14]:>15}" for k in shown))
     for name, r in rows.items():

@@ -38,7 +38,7 @@ from cvae_opt.checkpoints import save_checkpoint  # noqa: E402
 from cvae_opt.config import Config  # noqa: E402
 from cvae_opt.data import load_pairs, resolve_data_path, sample_lines  # noqa: E402
 from cvae_opt.metrics import enumerate_solutions, evaluate_samples, expected_recall, mode_weights  # noqa: E402
-from cvae_opt.problems import Problem, resolve_problem  # noqa: E402
+from cvae_opt.problems import LineProblem as Problem, resolve_problem  # noqa: E402
 from cvae_opt.posterior import Posterior, SamplingOptions  # noqa: E402
 from cvae_opt.refine import refine, select_diverse  # noqa: E402
 from cvae_opt.train import train  # noqa: E402

@@ -28,7 +28,8 @@ from .data import Pairs, load_pairs, save_pairs
 from .errors import UserError
 from .files import atomic_write_text
 from .models import CVAE
-from .problems import AnyProblem, gravity2d, resolve_problem, supports_forward_mode  # noqa: F401 (gravity2d: API)
+from .families import family_of
+from .problems import Problem, gravity2d, resolve_problem  # noqa: F401 (gravity2d: API)
 from .surveys import read_survey, write_survey  # noqa: F401 (write_survey: API)
 from .posterior import Posterior, SamplingOptions
 from .runner import RunOptions
@@ -89,7 +90,7 @@ class Samples:
 
     x: torch.Tensor
     y: torch.Tensor
-    problem: AnyProblem
+    problem: Problem
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def pairs(self) -> Pairs:
@@ -100,7 +101,7 @@ class Samples:
         """Write a submission (TensorDataset of (x, given y): the challenge layout (N, 1, P, 2) for line
         problems, (N, *x_shape) and (N, P, k) for field problems) and its metadata beside it (PATH.json, with
         the problem's name, which `evaluate` reads), as `cvae-opt generate` does."""
-        path = save_pairs(path, self.pairs(), field=not self.problem.is_lines)
+        path = save_pairs(path, self.pairs(), challenge_layout=family_of(self.problem).challenge_layout)
         atomic_write_text(Path(str(path) + ".json"), json.dumps(self.metadata, indent=2) + "\n")
         return path
 
@@ -111,7 +112,7 @@ class Generator:
 
     model: CVAE
     config: Config
-    problem: AnyProblem
+    problem: Problem
     metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
     source: str = ""
@@ -191,7 +192,7 @@ def _numbers(d: dict[str, Any]) -> dict[str, float]:
 
 
 # -- data, scores, figures --------------------------------------------------------------------------
-def conditions(y: Conditions, problem: AnyProblem | str = "two_birds") -> torch.Tensor:
+def conditions(y: Conditions, problem: Problem | str = "two_birds") -> torch.Tensor:
     """Measurements as the models take them, (M, n_points, k) float32: a torch tensor or NumPy array of
     shape (n_points, k) (one measurement) or (M, n_points, k) ((n_points,) and (M, n_points) when k = 1),
     a file of pairs (its y) by path or built-in name (`two_birds:scoring`, `gravity2d:test`), or, for a

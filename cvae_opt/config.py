@@ -92,9 +92,9 @@ class ModelConfig:
     # output, so a near-linear posterior map (a linear forward problem with a Gaussian prior) is easy to learn
     skip: bool = False
 
-    def validate(self, where: str = "model", n_points: int | None = None, grid: tuple[int, ...] | None = None) -> None:
-        """Every value a network can be built from; with `n_points` (line problems) or `grid` (a field
-        problem's model shape), also that the convolutions fit."""
+    def validate(self, where: str = "model") -> None:
+        """Every value a network can be built from; whether its layers fit a problem's shapes is the
+        problem family's check (`families.ProblemFamily.check_model`)."""
         _one_of(self, where, arch=ARCHS, head=HEADS, body=BODIES, activation=ACTIVATIONS,
                 component_prior=COMPONENT_PRIORS, recognition=RECOGNITIONS, decoder_scale=DECODER_SCALES)
         if ":" not in self.latent_type:  # 'package.module:Class': a user's latent family, checked when built
@@ -107,16 +107,6 @@ class ModelConfig:
             raise UserError(f"{where}.channels {self.channels} and {where}.kernels {self.kernels} must be positive")
         if self.latent_type in COMPONENT_LATENTS and self.components < 2:
             raise UserError(f"{where}.components: {self.components}; a {self.latent_type} latent needs at least 2")
-        if grid is not None and self.body == "conv":
-            if min(grid) < 2 ** len(self.channels):
-                raise UserError(f"{where}.channels {self.channels}: {len(self.channels)} stride-2 convolutions "
-                                f"need every side of the model ({' x '.join(map(str, grid))}) to be at least "
-                                f"{2 ** len(self.channels)} cells; use fewer layers or body: mlp")
-        elif n_points is not None and grid is None and conv_length(n_points, self.kernels) < 1:
-            raise UserError(
-                f"{where}.kernels {self.kernels} shrink {n_points} points to {conv_length(n_points, self.kernels)}; "
-                f"their sizes minus one must add up to less than {n_points}"
-            )
 
 
 def conv_length(n_points: int, kernels: list[int]) -> int:

@@ -20,7 +20,8 @@ from torch.utils.data import TensorDataset
 from .config import DEFAULT_CACHE_DIR, DataConfig
 from .errors import UserError
 from .files import atomic_write
-from .problems import AnyProblem
+from .families import family_of
+from .problems import Problem
 CHALLENGE_DIR = Path(__file__).resolve().parent / "challenge_data"  # shipped with the package
 CHALLENGE_FILES = {
     "two_birds:scoring": "scoring_dataset.pt",
@@ -87,19 +88,19 @@ def repeat_rows(t: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def sample_lines(
-    problem: AnyProblem, n: int, generator: torch.Generator, dtype: torch.dtype = torch.float64
+    problem: Problem, n: int, generator: torch.Generator, dtype: torch.dtype = torch.float64
 ) -> torch.Tensor:
     """n models from the problem's prior (`draw_prior`: for line pairs, as the challenge draws them),
     drawn in `dtype` on the generator's device, returned as float32."""
     return problem.draw_prior(n, generator, dtype).float()
 
 
-def noise_of(problem: AnyProblem, noise: float) -> float:
+def noise_of(problem: Problem, noise: float) -> float:
     """The noise on synthetic y: the data config's when set, else the problem's own (0 for line pairs)."""
     return noise if noise > 0 else float(problem.noise)
 
 
-def draw_pairs(problem: AnyProblem, n: int, generator: torch.Generator, noise: float = 0.0) -> Pairs:
+def draw_pairs(problem: Problem, n: int, generator: torch.Generator, noise: float = 0.0) -> Pairs:
     """n fresh pairs from the prior, drawn on the generator's device (no cache, no copy): what
     `data.fresh` trains on, a new set every epoch."""
     dev = generator.device
@@ -112,28 +113,27 @@ def draw_pairs(problem: AnyProblem, n: int, generator: torch.Generator, noise: f
     return Pairs(x, y)
 
 
-def problem_fingerprint(problem: AnyProblem) -> str:
+def problem_fingerprint(problem: Problem) -> str:
     """What a problem computes, as a short hash: its declared shape and prior, and its forward values
     (to 9 significant digits) on a fixed batch of prior draws. Cached data keyed by it is never reused
     after a user edits their forward function, even under the same name."""
     x = sample_lines(problem, 16, torch.Generator().manual_seed(20_211_116)).double()
     with torch.no_grad():
         y = problem(x).double().cpu().numpy()
-    declared = (problem.n_points, problem.k, problem.box, problem.slopes) if problem.is_lines else (
-        tuple(problem.x_shape), problem.n_points, problem.k, problem.noise)
+    declared = family_of(problem).declared(problem)
     h = hashlib.sha256(repr(declared).encode())
     h.update(" ".join(np.format_float_scientific(v, precision=8) for v in y.ravel()).encode())
     return h.hexdigest()[:16]
 
 
-def cache_file(problem: AnyProblem, n: int, seed: int, noise: float, cache_dir: Path | str) -> Path:
+def cache_file(problem: Problem, n: int, seed: int, noise: float, cache_dir: Path | str) -> Path:
     """Where `make_pairs` keeps its pairs: named by the problem, keyed by what it computes."""
     name = "".join(c if c.isalnum() or c in "-_" else "_" for c in problem.name)
     return Path(cache_dir) / f"{name}-{problem_fingerprint(problem)}-n{n}-seed{seed}-noise{noise:g}.pt"
 
 
 def make_pairs(
-    problem: AnyProblem,
+    problem: Problem,
     n: int,
     seed: int,
     noise: float = 0.0,
@@ -154,11 +154,11 @@ def make_pairs(
         y = y + noise * torch.randn(y.shape, generator=gen)
     pairs = Pairs(x, y)
     if path is not None:
-        save_pairs(path, pairs, field=not problem.is_lines)
+        save_pairs(path, pairs, challenge_layout=family_of(problem).challenge_layout)
     return pairs
 
 
-def load_training(d: DataConfig, problem: AnyProblem) -> Pairs:
+def load_training(d: DataConfig, problem: Problem) -> Pairs:
     """The training pairs a data config names: a file, else seeded synthetic draws (with `fresh`, the
     first epoch's draw: training replaces them every epoch, so they are not cached)."""
     if d.train_file:
@@ -168,7 +168,7 @@ def load_training(d: DataConfig, problem: AnyProblem) -> Pairs:
     return make_pairs(problem, d.train_size, d.seed, d.noise, d.cache_dir)
 
 
-def load_validation(d: DataConfig, problem: AnyProblem) -> Pairs:
+def load_validation(d: DataConfig, problem: Problem) -> Pairs:
     """The validation pairs: a file, else synthetic draws from a different seed than training, so the
     two never overlap."""
     if d.val_file:
@@ -176,17 +176,17 @@ def load_validation(d: DataConfig, problem: AnyProblem) -> Pairs:
     return make_pairs(problem, d.val_size, d.seed + 1_000_003, d.noise, d.cache_dir)
 
 
-def load_data(d: DataConfig, problem: AnyProblem) -> tuple[Pairs, Pairs]:
+def load_data(d: DataConfig, problem: Problem) -> tuple[Pairs, Pairs]:
     """Training and validation pairs as a data config says."""
     return load_training(d, problem), load_validation(d, problem)
 
 
-def save_pairs(path: Path | str, pairs: Pairs, field: bool = False) -> Path:
-    """Write pairs atomically (temporary file, then rename): line pairs in the challenge layout, field
-    models (`field`) as they are."""
+def save_pairs(path: Path | str, pairs: Pairs, challenge_layout: bool = True) -> Path:
+    """Write pairs atomically (temporary file, then rename): line pairs in the challenge layout (unless
+    `challenge_layout` is False: the models of a family without it, as they are)."""
     path = Path(path)
     x, y = pairs.x.detach().cpu(), pairs.y.detach().cpu()
-    if x.dim() == 3 and x.shape[-1] == 2 and not field:  # line pairs: the challenge layout
+    if x.dim() == 3 and x.shape[-1] == 2 and challenge_layout:  # line pairs: the challenge layout
         x, y = x.unsqueeze(1), y.unsqueeze(1)
     ds = TensorDataset(x.contiguous(), y.contiguous())
     atomic_write(path, lambda fh: torch.save(ds, fh))
@@ -240,7 +240,7 @@ def _as_field(t: torch.Tensor, shape: tuple[int, ...], path: Path) -> torch.Tens
     return t
 
 
-def load_pairs(path: Path | str, problem: AnyProblem | None = None, n_points: int = 50) -> Pairs:
+def load_pairs(path: Path | str, problem: Problem | None = None, n_points: int = 50) -> Pairs:
     """Read a challenge-format file (or a built-in name such as `two_birds:scoring`); refuse anything
     else with one line that says what was found."""
     path = resolve_data_path(path)
@@ -259,7 +259,7 @@ def load_pairs(path: Path | str, problem: AnyProblem | None = None, n_points: in
         raise UserError(f"{path}: holds {len(tensors)} tensors, expected 2 (x, y)")
     if problem is not None:
         n_points = problem.n_points
-    if problem is not None and not problem.is_lines:
+    if problem is not None and not family_of(problem).challenge_layout:
         x = _as_field(tensors[0], tuple(problem.x_shape), path)
         y = tensors[1]
         if y.dim() == 2 and problem.k == 1:

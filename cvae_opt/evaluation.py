@@ -13,7 +13,8 @@ import torch
 
 from .config import TrainConfig
 from .data import Pairs
-from .metrics import can_enumerate, enumerate_solutions, evaluate_samples, mode_weights
+from .families import family_of
+from .metrics import mode_weights
 from .models import CVAE
 from .posterior import Posterior, SamplingOptions
 from .errors import UserError
@@ -28,7 +29,7 @@ def _solutions(problem: Problem, y: torch.Tensor) -> list:
     if key not in _SOLUTIONS:
         if len(_SOLUTIONS) > 8:
             _SOLUTIONS.clear()
-        _SOLUTIONS[key] = enumerate_solutions(problem, y)
+        _SOLUTIONS[key] = family_of(problem).solutions(problem, y)
     return _SOLUTIONS[key]
 
 
@@ -47,7 +48,8 @@ class Evaluator:
         self.truth = val.x[:n]
         self.n_samples = n_samples
         self.seed = seed
-        self.solutions = _solutions(problem, self.y) if can_enumerate(problem) and n else None
+        self.family = family_of(problem)
+        self.solutions = _solutions(problem, self.y) if n else None
         self.weights = mode_weights(problem, self.solutions) if self.solutions is not None else None
 
     @classmethod
@@ -70,7 +72,7 @@ class Evaluator:
             return {}
         samples = Posterior(model, self.problem).sample(self.y, self.n_samples, self._options(model), seed=self.seed,
                                                         to_cpu=False, checked=True)
-        return evaluate_samples(self.problem, samples, self.y, self.solutions, self.truth, weights=self.weights)
+        return self.family.evaluate(self.problem, samples, self.y, self.truth, self.solutions, self.weights)
 
     def refined(self, model: CVAE, steps: int, oversample: int, conditions: int | None = None) -> dict[str, float]:
         """The same metrics for the refined pipeline (`generate --refine steps --oversample K`), prefixed
@@ -81,9 +83,9 @@ class Evaluator:
         n = len(self.y) if conditions is None else max(1, min(conditions, len(self.y)))
         options = self._options(model, refine_steps=steps, oversample=oversample)
         x = Posterior(model, self.problem).sample(self.y[:n], self.n_samples, options, seed=self.seed, checked=True)
-        m = evaluate_samples(
-            self.problem, x, self.y[:n], None if self.solutions is None else self.solutions[:n], self.truth[:n],
-            weights=None if self.weights is None else self.weights[:n],
+        m = self.family.evaluate(
+            self.problem, x, self.y[:n], self.truth[:n], None if self.solutions is None else self.solutions[:n],
+            None if self.weights is None else self.weights[:n],
         )
         return {f"refined_{k}": v for k, v in m.items() if k not in ("n_conditions", "samples_per_condition")}
 
@@ -98,10 +100,10 @@ def check_refined_metrics(tc: TrainConfig, problem: Problem) -> None:
     """The refined metrics run LM refinement, which needs forward-mode differentiation through the
     problem: refuse a config that asks for them on a problem without it, before any training. Refinement
     fits line end points: a field problem has none to fit."""
-    if tc.eval_refine > 0 and not problem.is_lines:
+    if tc.eval_refine > 0 and not family_of(problem).refinable(problem):
         raise UserError(
-            f"train.eval_refine: problem {problem.name!r} is a field problem; refinement (and the refined_* "
-            "metrics) fits line end points, so set eval_refine: 0"
+            f"train.eval_refine: problem {problem.name!r} ({family_of(problem).name}) has no refinement, so no "
+            "refined_* metrics; set eval_refine: 0"
         )
     if tc.eval_refine > 0 and not supports_forward_mode(problem):
         raise UserError(

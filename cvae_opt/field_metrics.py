@@ -29,12 +29,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .problems import AnyProblem
+from .problems import Problem
 
 CONSTRAINED_RATIO = 0.7
 
 
-def chi2_per_datum(problem: AnyProblem, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+def chi2_per_datum(problem: Problem, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
     """(M, S) chi-squared per datum of samples x (M, S, *x_shape) against y (M, P, k)."""
     with torch.no_grad():
         r = problem(x.double()) - y.double().unsqueeze(1)
@@ -78,7 +78,7 @@ def _dawid_sebastiani(xs: np.ndarray, truth: np.ndarray, var: np.ndarray, scale:
 
 
 def evaluate_field_samples(
-    problem: AnyProblem, samples: torch.Tensor, y: torch.Tensor, truth: torch.Tensor | None = None,
+    problem: Problem, samples: torch.Tensor, y: torch.Tensor, truth: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """All metrics for samples (M, S, *x_shape) answering y (M, P, k); see the module docstring."""
     samples = torch.as_tensor(samples).detach().double().cpu()

@@ -88,13 +88,17 @@ class LossContext:
 
     @property
     def x_var(self) -> float:
-        """x in units of the prior's scale: reconstruction errors are divided by this."""
-        return float(self.problem.x_scale) ** 2
+        """x in units of the prior's scale (the problem family's): reconstruction errors are divided by this."""
+        from .families import family_of
+
+        return family_of(self.problem).x_scale(self.problem) ** 2
 
     @property
     def y_var(self) -> float:
-        """y in units of the noise (1 for line problems): the physics term is then chi-squared per datum."""
-        return float(self.problem.y_scale) ** 2
+        """y in units of the noise (the family's; 1 for line problems): the physics term is chi-squared per datum."""
+        from .families import family_of
+
+        return family_of(self.problem).y_scale(self.problem) ** 2
 
     @property
     def physics_off(self) -> bool:

@@ -33,8 +33,7 @@ import math
 import numpy as np
 import torch
 
-from .field_metrics import evaluate_field_samples
-from .problems import AnyProblem, Problem, line_ends, line_fit, line_points, sample_misfit
+from .problems import LineProblem, Problem, line_ends, line_fit, line_points, sample_misfit
 
 VALID_MISFIT = 0.05
 VALID_R2 = 0.99
@@ -44,27 +43,9 @@ SCORE_DISTANCE_SCALE = 0.1
 
 
 def can_enumerate(problem: Problem) -> bool:
-    return problem.cosines is not None and len(problem.cosines) >= 2
-
-
-LINE_METRICS = ("score", "misfit_rmse", "r2", "slope_signs", "valid_fraction", "diversity", "truth_recall")
-MODE_METRICS = ("mode_precision", "mode_recall")
-FIELD_METRICS = ("score", "misfit_rmse", "diversity", "chi2_median", "chi2_le2", "coverage_50", "coverage_90",
-                 "sbc_ks", "energy_score", "dss")
-POSTERIOR_METRICS = ("mean_error", "std_ratio_p10", "std_ratio_p90", "coverage_50_constrained", "coverage_90_constrained")
-LOSS_METRICS = ("val_loss", "val_kl", "val_recon", "val_physics")
-
-
-def computable_metrics(problem: AnyProblem) -> tuple[str, ...]:
-    """The objective metrics a trial on this problem reports (validation conditions come with their true
-    models): a study whose objective names another is refused at load, not pruned on NaN."""
-    if problem.is_lines:
-        own = LINE_METRICS + (MODE_METRICS if can_enumerate(problem) else ())
-        refined = tuple(f"refined_{m}" for m in own)
-    else:
-        own = FIELD_METRICS + (POSTERIOR_METRICS if getattr(problem, "posterior", None) is not None else ())
-        refined = ()
-    return own + LOSS_METRICS + refined
+    """Whether every condition is a cosine of the line pair, so the exact solutions can be enumerated."""
+    cosines = getattr(problem, "cosines", None)
+    return cosines is not None and len(cosines) >= 2
 
 
 def enumerate_solutions(
@@ -245,7 +226,18 @@ def _hit_matrix(samples: np.ndarray, sols: np.ndarray, tol: float) -> np.ndarray
 
 
 def evaluate_samples(
-    problem: AnyProblem,
+    problem: Problem, samples: torch.Tensor, y: torch.Tensor, solutions: list[np.ndarray] | None = None,
+    truth: torch.Tensor | None = None, weights: list[np.ndarray] | None = None,
+) -> dict[str, float]:
+    """The metrics of samples (M, S, *x_shape) answering y (M, P, k) as the problem's family computes them
+    (line pairs: `evaluate_line_samples`; fields: `field_metrics.evaluate_field_samples`)."""
+    from .families import family_of
+
+    return family_of(problem).evaluate(problem, samples, y, truth, solutions, weights)
+
+
+def evaluate_line_samples(
+    problem: LineProblem,
     samples: torch.Tensor,
     y: torch.Tensor,
     solutions: list[np.ndarray] | None = None,
@@ -255,10 +247,7 @@ def evaluate_samples(
     weights: list[np.ndarray] | None = None,
 ) -> dict[str, float]:
     """All metrics for samples (M, S, P, 2) answering y (M, P, k); see the module docstring.
-    `weights`: the solutions' `mode_weights`, when the caller has them (a trial's every epoch).
-    Field problems (a grid, a profile) are scored as continuous posteriors: `field_metrics`."""
-    if not problem.is_lines:
-        return evaluate_field_samples(problem, samples, y, truth)
+    `weights`: the solutions' `mode_weights`, when the caller has them (a trial's every epoch)."""
     samples = torch.as_tensor(samples).detach().double().cpu()
     y = torch.as_tensor(y).detach().double().cpu()
     m, s = samples.shape[:2]

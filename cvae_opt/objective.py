@@ -23,9 +23,9 @@ from .config import Config
 from .data import Pairs, load_data
 from .errors import NonFiniteLoss, UserError
 from .evaluation import check_refined_metrics
-from .metrics import computable_metrics
+from .families import family_of
 from .plots import samples_figure, save_figure
-from .problems import AnyProblem, resolve_problem
+from .problems import Problem, resolve_problem
 from .studies import PLOT_BEST_DEFAULT, StudySpec, check_shapes, suggest_config
 from .train import Training
 from .trials import beats, keep_best_checkpoints, ranked, record
@@ -37,10 +37,10 @@ class ArtifactError(RuntimeError):
     """Writing a trial's checkpoint or plot failed (full disk, permissions): the trial fails, the study goes on."""
 
 
-def check_objective_metrics(spec: StudySpec, problem: AnyProblem) -> None:
+def check_objective_metrics(spec: StudySpec, problem: Problem) -> None:
     """Refuse an objective metric the problem cannot compute (a gravity study on valid_fraction, a line
     study on mean_error): every trial would report NaN, be pruned at the first rung or end in a KeyError."""
-    allowed = computable_metrics(problem)
+    allowed = family_of(problem).metrics(problem)
     for m in spec.metrics:
         if m not in allowed:
             raise UserError(
@@ -88,10 +88,8 @@ class Objective:
         self._data: dict[tuple, tuple[Pairs, Pairs]] = {}
         problem = resolve_problem(spec.problem)
         check_objective_metrics(spec, problem)
-        if problem.is_lines:
-            check_shapes(spec, n_points=problem.n_points)
-        else:
-            check_shapes(spec, grid=tuple(problem.x_shape))
+        family = family_of(problem)
+        check_shapes(spec, lambda model, where: family.check_model(model, problem, where))
         # load (or draw) the data now: a bad data file is refused before the storage is touched
         base = self.overrides.apply(spec.base_config())
         check_refined_metrics(base.train, problem)

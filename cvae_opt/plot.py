@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     if gen.model.latent.has_components:
         how += f", {args.draw}" + (f" T={args.temperature:g}" if args.temperature != 1.0 else "")
     truth = None
-    if not gen.problem.is_lines and not str(args.conditions).lower().endswith(".csv"):
-        truth = args.conditions  # a file of pairs: its x are the true models, shown beside the samples
+    if not str(args.conditions).lower().endswith(".csv"):
+        truth = args.conditions  # a file of pairs: its x are the true models, shown where the family's figure shows them
     fig = plot_samples(samples, args.n, truth=truth, title=f"{Path(args.checkpoint).name}: {args.samples} samples per given y ({how})")
     save_figure(fig, args.out)
     print(f"wrote {args.out}")

@@ -21,11 +21,12 @@ from .files import atomic_write
 from .metrics import can_enumerate, enumerate_solutions
 from .models import CVAE
 from .posterior import Posterior
-from .problems import AnyProblem, Problem
+from .families import family_of
+from .problems import LineProblem, Problem
 
 
 def samples_figure(
-    model: CVAE | None, problem: AnyProblem, y: torch.Tensor, n_samples: int = 20, seed: int = 0, title: str = "",
+    model: CVAE | None, problem: Problem, y: torch.Tensor, n_samples: int = 20, seed: int = 0, title: str = "",
     samples: torch.Tensor | None = None, truth: torch.Tensor | None = None,
 ) -> plt.Figure:
     """Draw `samples` (M, S, *x_shape) for y (M, P, k), or, without them, n_samples drawn from `model`;
@@ -34,8 +35,12 @@ def samples_figure(
     if samples is None:
         samples = Posterior(model, problem).sample(y, n_samples, seed=seed)
     samples = samples.detach().cpu().double()
-    if not problem.is_lines:
-        return field_figure(problem, y, samples, truth, title)
+    return family_of(problem).figure(problem, y, samples, truth, title)
+
+
+def lines_figure(problem: LineProblem, y: torch.Tensor, samples: torch.Tensor, title: str = "") -> plt.Figure:
+    """The line family's figure: the samples' lines (exact solutions dashed, where they can be enumerated)
+    and each condition's y against the samples' forward values."""
     with torch.no_grad():
         fwd = problem(samples).numpy()
     sols = enumerate_solutions(problem, y) if can_enumerate(problem) else None
@@ -61,7 +66,7 @@ def samples_figure(
             ax.add_collection(LineCollection([np.column_stack([t, f[:, j]]) for f in fwd[i]], colors="tab:green", linewidths=0.8, alpha=0.35))
             ax.plot(t, y[i, :, j].numpy(), color="k", lw=1.6)
             ax.set_xlim(t[0], t[-1])
-            if problem.cosines:
+            if getattr(problem, "cosines", None):
                 ax.set_ylim(-1.2, 1.2)
             else:
                 lo = min(float(fwd[i][..., j].min()), float(y[i, :, j].min()))
@@ -81,14 +86,14 @@ def samples_figure(
     return fig
 
 
-def _station_axis(problem: AnyProblem) -> tuple[np.ndarray, str]:
+def _station_axis(problem: Problem) -> tuple[np.ndarray, str]:
     if problem.positions is not None:
         return np.asarray(problem.positions), "station position (m)"
     return np.arange(problem.n_points, dtype=float), "station"
 
 
 def field_figure(
-    problem: AnyProblem, y: torch.Tensor, samples: torch.Tensor, truth: torch.Tensor | None = None, title: str = "",
+    problem: Problem, y: torch.Tensor, samples: torch.Tensor, truth: torch.Tensor | None = None, title: str = "",
     rows: int = 2,
 ) -> plt.Figure:
     """Grid models: per shown y, two rows of maps (true model, three samples; sample mean, exact mean,

@@ -19,7 +19,8 @@ import torch
 from .config import DRAWS, REFINE_METHODS
 from .errors import UserError
 from .models import CVAE
-from .problems import AnyProblem, supports_forward_mode
+from .families import family_of
+from .problems import Problem, supports_forward_mode
 
 
 @dataclass(frozen=True)
@@ -44,15 +45,15 @@ class SamplingOptions:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def check(self, model: CVAE, problem: AnyProblem) -> None:
+    def check(self, model: CVAE, problem: Problem) -> None:
         """What the options, the model and the problem allow; one UserError for each mistake."""
         if self.refine_steps < 0 or self.oversample < 1:
             raise UserError(f"refine must be >= 0 and oversample >= 1 (--refine, --oversample), got "
                             f"{self.refine_steps} and {self.oversample}")
-        if (self.refine_steps or self.oversample > 1) and not problem.is_lines:
+        if (self.refine_steps or self.oversample > 1) and not family_of(problem).refinable(problem):
             raise UserError(
                 f"problem {problem.name!r}: refinement and oversampling (--refine, --oversample) fit line end points; "
-                "for a field problem use the raw samples (drop those options)"
+                f"for a problem of the {family_of(problem).name} family use the raw samples (drop those options)"
             )
         if not self.temperature >= 0:
             raise UserError(f"temperature must be >= 0 (--temperature), got {self.temperature}")
@@ -78,7 +79,7 @@ RAW = SamplingOptions()
 class Posterior:
     """p(x | y) as a trained model draws it, for one problem."""
 
-    def __init__(self, model: CVAE, problem: AnyProblem):
+    def __init__(self, model: CVAE, problem: Problem):
         self.model, self.problem = model, problem
 
     @property

@@ -1,23 +1,25 @@
 """Forward problems: what a model x is, how it is drawn, and how it maps to measurements y.
 
 Every problem maps x of shape (..., *x_shape) to y of shape (..., n_points, k) with torch operations, so
-it is differentiable, batched and runs on any device; the physics term of the loss needs that. Two kinds:
+it is differentiable, batched and runs on any device; the physics term of the loss needs that. A problem
+answers the `Problem` interface and names its kind in `family` (`families`: what differs between kinds,
+from network bodies to metrics). Two kinds are built in:
 
-- `Problem`: the line-pair family (two birds). x is a pair of straight lines (n_points, 2) given by four
+- `LineProblem`: the line-pair family (two birds). x is a pair of straight lines (n_points, 2) given by four
   end points; the prior is the box the end points live in and each channel's slope sign. Its end-point
   parametrisation (decoder `line` head, refinement) and the enumeration of exact solutions stay with it.
 - `FieldProblem`: a model of any shape (a 1D profile, a 2D grid of cells) with a prior it draws from,
   a declared Gaussian noise on y, units, and optionally its exact posterior (`gravity2d`).
 
-Both answer `x_shape`, `draw_prior`, `noise`, `x_scale` / `y_scale` (the networks and the loss work in
-these units) and `is_lines`.
+Both answer `x_shape`, `draw_prior`, `noise` and `x_scale` (the family turns those into the units the
+networks and the loss work in).
 """
 
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
@@ -26,8 +28,29 @@ from .errors import UserError
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
+class Problem(Protocol):
+    """What every problem answers: a name, the shapes of x (*x_shape) and y (n_points, k), a differentiable
+    batched forward map (`__call__`), prior draws, the noise on y, the prior's scale and its family."""
+
+    name: str
+    n_points: int
+    k: int
+    noise: float
+    x_scale: float
+    family: Any  # a registered family name or a families.ProblemFamily
+
+    @property
+    def x_shape(self) -> tuple[int, ...]: ...
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def draw_prior(self, n: int, generator: torch.Generator, dtype: torch.dtype = torch.float64) -> torch.Tensor: ...
+
+
 @dataclass(frozen=True)
-class Problem:
+class LineProblem:
+    """A pair of straight lines x (n_points, 2) mapped to y (n_points, k): the two-birds family."""
+
     name: str
     forward: Forward
     k: int
@@ -41,10 +64,9 @@ class Problem:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward(x)
 
-    is_lines = True
+    family = "lines"
     noise = 0.0  # synthetic y are exact unless the data config adds noise
     x_scale = 1.0
-    y_scale = 1.0
     posterior = None
     x_units = ""
     y_units = ""
@@ -86,21 +108,14 @@ class FieldProblem:
     cell: float | None = None  # the cell size of a grid (m), for figures
     description: str = ""
 
-    is_lines = False
+    family = "fields"
     cosines = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward(x)
 
-    @property
-    def y_scale(self) -> float:
-        return self.noise if self.noise > 0 else 1.0
-
     def draw_prior(self, n: int, generator: torch.Generator, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         return self.prior(n, generator, dtype)
-
-
-AnyProblem = Union[Problem, FieldProblem]
 
 
 def cosine_problem(
@@ -109,7 +124,7 @@ def cosine_problem(
     box: tuple[float, float] = (0.1, 1.0),
     slopes: tuple[int, int] = (-1, 1),
     n_points: int = 50,
-) -> Problem:
+) -> LineProblem:
     """A problem whose conditions are y_j = cos(p_j*x0 + q_j*x1 + phi_j)."""
     terms = tuple((float(p), float(q), float(phi)) for p, q, phi in terms)
     coef = torch.tensor([[p for p, _, _ in terms], [q for _, q, _ in terms]], dtype=torch.float64)
@@ -125,7 +140,7 @@ def cosine_problem(
         c, ph = on_device[key]
         return torch.cos(x @ c + ph)
 
-    return Problem(name, forward, len(terms), n_points, box, slopes, terms)
+    return LineProblem(name, forward, len(terms), n_points, box, slopes, terms)
 
 
 TWO_BIRDS = cosine_problem("two_birds", [(49.0, 42.0, 0.0), (56.0, 63.0, 0.0)])
@@ -138,8 +153,8 @@ def _line_product(x: torch.Tensor) -> torch.Tensor:
 # y = x0 * x1 point by point: a y is explained by a one-parameter family of line pairs (scale one line
 # up and the other down while both stay straight, in the box and correctly sloped), a continuum rather
 # than separate points. The test bed of the mixed latent: a categorical-only model cannot cover it.
-LINE_PRODUCT = Problem("line_product", _line_product, k=1)
-BUILTIN: dict[str, Problem] = {TWO_BIRDS.name: TWO_BIRDS, LINE_PRODUCT.name: LINE_PRODUCT}
+LINE_PRODUCT = LineProblem("line_product", _line_product, k=1)
+BUILTIN: dict[str, LineProblem] = {TWO_BIRDS.name: TWO_BIRDS, LINE_PRODUCT.name: LINE_PRODUCT}
 
 
 def gravity2d(prior: str = "gaussian", name: str | None = None, geometry: Any = None, **prior_options: Any) -> FieldProblem:
@@ -171,10 +186,10 @@ LAZY: dict[str, Callable[[], FieldProblem]] = {
 }
 
 
-def _check_forward(spec: str, forward: Forward, n_points: int) -> int:
+def check_line_forward(spec: str, forward: Forward, n_points: int) -> int:
     """Probe a user forward function once; return k. Catches the mistakes that would otherwise surface
     deep inside training: wrong shape, numpy instead of torch, no batching."""
-    x = torch.rand(2, 3, n_points, 2, dtype=torch.float32) * 0.9 + 0.1
+    x = torch.rand(2, 3, n_points, 2, dtype=torch.float32, generator=torch.Generator().manual_seed(0)) * 0.9 + 0.1
     x.requires_grad_(True)
     try:
         y = forward(x)
@@ -205,10 +220,10 @@ def _check_forward(spec: str, forward: Forward, n_points: int) -> int:
 
 _BUILT: dict[str, FieldProblem] = {}
 # problems given by import path, probed once per process: spec -> (the object found there, the problem)
-_PROBED: dict[str, tuple[Any, "AnyProblem"]] = {}
+_PROBED: dict[str, tuple[Any, Problem]] = {}
 
 
-def _check_field(spec: str, problem: FieldProblem) -> None:
+def check_field_problem(spec: str, problem: Any) -> None:
     """Probe a user field problem once: its prior's and its forward map's shapes, gradient, finiteness."""
     shape = tuple(problem.x_shape)
     try:
@@ -234,11 +249,12 @@ def _check_field(spec: str, problem: FieldProblem) -> None:
         raise UserError(f"problem {spec!r} returned NaN or inf for draws from its prior")
 
 
-def resolve_problem(spec: str | AnyProblem) -> AnyProblem:
+def resolve_problem(spec: str | Problem) -> Problem:
     """A built-in name (`two_birds`, `gravity2d`, `gravity2d_blocks`) or an import path
-    `package.module:attr`, where attr is a Problem, a FieldProblem or a forward function of line pairs
-    (then the default box and slopes apply)."""
-    if isinstance(spec, (Problem, FieldProblem)):
+    `package.module:attr`, where attr is a problem (any object with a `family`: a LineProblem, a
+    FieldProblem, a user's own kind) or a forward function of line pairs (then the default box and slopes
+    apply). A problem found by import path is probed once per process by its family."""
+    if not isinstance(spec, str):
         return spec
     if spec in BUILTIN:
         return BUILTIN[spec]
@@ -266,21 +282,20 @@ def resolve_problem(spec: str | AnyProblem) -> AnyProblem:
     seen = _PROBED.get(spec)
     if seen is not None and seen[0] is obj:  # probed already, and not reloaded or edited since
         return seen[1]
-    if isinstance(obj, Problem):
-        _check_forward(spec, obj.forward, obj.n_points)
-        problem: AnyProblem = obj
-    elif isinstance(obj, FieldProblem):
-        _check_field(spec, obj)
-        problem = obj
+    if hasattr(obj, "family") and not isinstance(obj, type):
+        from .families import family_of
+
+        family_of(obj).probe(spec, obj)
+        problem: Problem = obj
     elif not callable(obj):
-        raise UserError(f"problem {spec!r} is a {type(obj).__name__}, expected a Problem or a callable")
+        raise UserError(f"problem {spec!r} is a {type(obj).__name__}, expected a problem or a callable")
     else:
-        problem = Problem(name=spec, forward=obj, k=_check_forward(spec, obj, 50))
+        problem = LineProblem(name=spec, forward=obj, k=check_line_forward(spec, obj, 50))
     _PROBED[spec] = (obj, problem)
     return problem
 
 
-def supports_forward_mode(problem: AnyProblem) -> bool:
+def supports_forward_mode(problem: Problem) -> bool:
     """Whether forward-mode differentiation (`torch.func.jvp`) runs through the problem, as
     Levenberg-Marquardt refinement needs; a custom autograd.Function without a jvp does not."""
     x = problem.draw_prior(1, torch.Generator().manual_seed(0), torch.float64)
@@ -291,7 +306,7 @@ def supports_forward_mode(problem: AnyProblem) -> bool:
     return True
 
 
-def sample_misfit(problem: AnyProblem, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def sample_misfit(problem: Problem, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The RMS misfit of each sample x (M, S, *x_shape) to its given y (M, P, k): (M, S), float64, on x's
     device, without gradient, in y's units. Metrics, refinement and the diverse selection all judge fit by it."""
     with torch.no_grad():

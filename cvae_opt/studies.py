@@ -31,7 +31,11 @@ from .errors import UserError
 from .files import read_yaml
 
 if TYPE_CHECKING:
+    from typing import Callable
+
     import optuna
+
+    ModelCheck = Callable[[ModelConfig, str], None]
 
 
 def _studies_dir() -> Path:
@@ -348,28 +352,27 @@ def apply_params(base: Config, values: dict[str, Any]) -> Config:
     return Config.from_dict(d)
 
 
-def _check_search_values(spec: StudySpec, base: Config, shape: dict[str, Any] | None = None) -> None:
+def _check_search_values(spec: StudySpec, base: Config, check_model: "ModelCheck | None" = None) -> None:
     """Every end of every range (and every choice) must give a valid config, with the parameters it is
     conditioned on at their first allowed value: an impossible value is refused at load, not trial 37.
-    With `shape` (once the problem is known: n_points or grid), the convolutions must also fit the model."""
+    With `check_model` (once the problem is known: its family's check), the layers must also fit its shapes."""
     for p in spec.search:
         context = {other: allowed[0] for other, allowed in p.condition.items()}
         for v in p.extremes():
             try:
                 cfg = apply_params(base, {**context, p.name: v})
-                if shape is not None:
-                    cfg.model.validate("config.model", **shape)
+                if check_model is not None:
+                    check_model(cfg.model, "config.model")
             except UserError as exc:
                 raise _err(spec.path, f"search.{p.name}", f"the value {v!r} gives an invalid config: {exc}") from None
 
 
-def check_shapes(spec: StudySpec, n_points: int | None = None, grid: tuple[int, ...] | None = None) -> None:
-    """What needs the problem: the fixed model and every searched value must fit its n_points (line
-    problems) or its grid (field problems)."""
-    shape = {"n_points": n_points, "grid": grid}
+def check_shapes(spec: StudySpec, check_model: "ModelCheck") -> None:
+    """What needs the problem: the fixed model and every searched value must fit its shapes, as
+    `check_model(model_config, where)` (its family's `check_model`) says."""
     base = spec.base_config()
-    base.model.validate(f"{spec.path}: fixed.model", **shape)
-    _check_search_values(spec, base, shape)
+    check_model(base.model, f"{spec.path}: fixed.model")
+    _check_search_values(spec, base, check_model)
 
 
 def suggest_config(trial: optuna.trial.BaseTrial, spec: StudySpec, base: Config | None = None) -> Config:

@@ -10,8 +10,8 @@ import torch
 
 from .data import Pairs, load_pairs
 from .errors import UserError
-from .metrics import can_enumerate, enumerate_solutions, evaluate_samples
-from .problems import AnyProblem
+from .families import family_of
+from .problems import Problem
 
 
 def group_by_condition(pairs: Pairs, where: str = "submission") -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,20 +58,20 @@ def problem_of(submission: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def truth_models(y: torch.Tensor, truth: str | Path | Pairs, problem: AnyProblem) -> torch.Tensor:
+def truth_models(y: torch.Tensor, truth: str | Path | Pairs, problem: Problem) -> torch.Tensor:
     """The true x of each given y (M, P, k) from a file of (true x, y) pairs (path or built-in name) or Pairs."""
     pairs = truth if isinstance(truth, Pairs) else load_pairs(truth, problem)
     return match_truth(y, pairs, "truth" if isinstance(truth, Pairs) else str(truth))
 
 
-def score(problem: AnyProblem, samples: torch.Tensor, y: torch.Tensor, truth: str | Path | Pairs | None = None) -> dict[str, float]:
+def score(problem: Problem, samples: torch.Tensor, y: torch.Tensor, truth: str | Path | Pairs | None = None) -> dict[str, float]:
     """The metrics of samples (M, S, *x_shape) for y (M, P, k): `evaluate`, the API's `score_samples`."""
     true_x = truth_models(y, truth, problem) if truth is not None else None
-    solutions = enumerate_solutions(problem, y) if can_enumerate(problem) else None
-    return evaluate_samples(problem, samples, y, solutions, true_x)
+    family = family_of(problem)
+    return family.evaluate(problem, samples, y, true_x, family.solutions(problem, y))
 
 
-def evaluate_file(submission: str, problem: AnyProblem, truth_file: str | None = None) -> dict[str, float | str]:
+def evaluate_file(submission: str, problem: Problem, truth_file: str | None = None) -> dict[str, float | str]:
     samples, y = group_by_condition(load_pairs(submission, problem), submission)
     out: dict[str, float | str] = {"submission": submission, "problem": problem.name}
     out.update(score(problem, samples, y, truth_file))

@@ -22,12 +22,12 @@ import torch
 
 from .errors import UserError
 from .files import atomic_write_text
-from .problems import AnyProblem, resolve_problem
+from .problems import Problem, resolve_problem
 
 POSITION_TOLERANCE = 1.0  # metres
 
 
-def read_survey(path: str | Path, problem: AnyProblem | str) -> torch.Tensor:
+def read_survey(path: str | Path, problem: Problem | str) -> torch.Tensor:
     """The surveys of a CSV as measurements (M, n_points, 1), float32; one UserError for any mistake.
     `problem`: a problem or its name (`gravity2d`)."""
     path = Path(path)
@@ -74,7 +74,7 @@ def _numeric(row: list[str]) -> bool:
     return True
 
 
-def write_survey(path: str | Path, problem: AnyProblem | str, y: torch.Tensor, units: str | None = None) -> Path:
+def write_survey(path: str | Path, problem: Problem | str, y: torch.Tensor, units: str | None = None) -> Path:
     """Write measurements y (M, n_points, 1) as a survey CSV that `read_survey` reads back."""
     problem = resolve_problem(problem)
     y = torch.as_tensor(y).detach().cpu().double().reshape(-1, problem.n_points)

@@ -84,7 +84,7 @@ def test_a_field_study_with_refinement_is_refused_at_load(tmp_path, profile):
     from cvae_opt.studies import load_study
 
     spec = load_study(str(study_file(tmp_path, profile, "score", eval_refine=10)))
-    with pytest.raises(UserError, match="field problem; refinement .* set eval_refine: 0"):
+    with pytest.raises(UserError, match=r"problem .profile. \(fields\) has no refinement, so no refined_\* metrics; set eval_refine: 0"):
         Objective(spec)
 
 

@@ -139,7 +139,7 @@ def test_training_steps_read_nothing_back_from_the_device(pairs, monkeypatch):
 
 
 def test_w_y_zero_skips_the_physics_term_in_training_steps(pairs):
-    from cvae_opt.problems import Problem
+    from cvae_opt.problems import LineProblem
 
     calls = []
 
@@ -147,7 +147,7 @@ def test_w_y_zero_skips_the_physics_term_in_training_steps(pairs):
         calls.append(torch.is_grad_enabled())
         return torch.full((*x.shape[:-1], 2), float("nan"), dtype=x.dtype)
 
-    nan_problem = Problem("nan", forward, 2)
+    nan_problem = LineProblem("nan", forward, 2)
     x, y = pairs[0].x[:64], pairs[0].y[:64]
     for latent in ({}, {"latent_type": "categorical", "components": 8}):
         cfg = small_cfg(w_y=0.0)

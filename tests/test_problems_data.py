@@ -190,7 +190,7 @@ def test_user_problems_resolve_and_are_checked(tmp_path, monkeypatch):
     write_module(tmp_path, "myprobs", """
         import numpy as np
         import torch
-        from cvae_opt.problems import Problem
+        from cvae_opt.problems import LineProblem
 
         def one(x):
             return torch.sin(7 * x[..., :1] + 3 * x[..., 1:])
@@ -205,7 +205,7 @@ def test_user_problems_resolve_and_are_checked(tmp_path, monkeypatch):
         def numpy_one(x):
             return torch.as_tensor(np.cos(x.detach().numpy()))
 
-        BOXED = Problem("boxed", one, 1, box=(0.2, 0.8))
+        BOXED = LineProblem("boxed", one, 1, box=(0.2, 0.8))
     """)
     assert resolve_problem("myprobs:one").k == 1
     assert resolve_problem("myprobs:three").k == 3

@@ -13,7 +13,7 @@ from cvae_opt.data import load_pairs, sample_lines
 from cvae_opt.errors import UserError
 from cvae_opt.metrics import enumerate_solutions, evaluate_samples
 from cvae_opt.models import build_model
-from cvae_opt.problems import TWO_BIRDS, Problem, line_ends, sample_misfit, supports_forward_mode
+from cvae_opt.problems import TWO_BIRDS, LineProblem, line_ends, sample_misfit, supports_forward_mode
 from cvae_opt.refine import refine, select_diverse
 from cvae_opt.submissions import group_by_condition
 
@@ -158,7 +158,7 @@ class _BackwardOnlyCos(torch.autograd.Function):
 def test_lm_refinement_needs_forward_mode_and_the_commands_name_the_fix(challenge):
     p, _ = scoring(challenge)
     coef = torch.tensor([[49.0, 56.0], [42.0, 63.0]])
-    problem = Problem("backward_only", lambda x: _BackwardOnlyCos.apply(x @ coef.to(x)), k=2)
+    problem = LineProblem("backward_only", lambda x: _BackwardOnlyCos.apply(x @ coef.to(x)), k=2)
     assert supports_forward_mode(TWO_BIRDS) and not supports_forward_mode(problem)
     x = sample_lines(problem, 2 * 3, torch.Generator().manual_seed(0)).reshape(2, 3, 50, 2)
     with pytest.raises(RuntimeError):  # the numerical code says what torch says; the commands check first

@@ -1,0 +1,121 @@
+"""Problem families: one interface for every kind of problem the suite can tune a CVAE for.
+
+A problem (`problems.LineProblem`, `problems.FieldProblem`, or a user's own class) names its family in
+its `family` attribute: a registered name (`lines`, `fields`) or a `ProblemFamily` instance. The family
+says everything that differs between kinds, so no other module tests what kind a problem is:
+
+- the networks' bodies (`bodies`) and the model shapes they accept (`check_model`);
+- how x and y are scaled (`x_scale`, `y_scale`): the one home of "x in units of the prior's scale, y in
+  units of the noise", which the loss and the networks use;
+- what a user's problem object must satisfy (`probe`, run once per resolved import path);
+- which metrics it computes (`metrics`: declared data, so a study asking for another is refused at
+  load), how it computes them (`evaluate`, with `solutions` where exact modes can be enumerated) and
+  whether refinement applies (`refinable`);
+- its figure (`figure`) and its data files' layout (`challenge_layout`, `as_models`).
+
+A new problem kind is one module with a `ProblemFamily` subclass and a `register` call (or an instance
+set as its problems' `family`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
+    import torch
+    from torch import nn
+
+    from ..config import ModelConfig
+
+# metric names every family reports from the validation loss
+LOSS_METRICS = ("val_loss", "val_kl", "val_recon", "val_physics")
+
+
+class ProblemFamily:
+    """What a kind of problem declares and computes. Subclasses set `name` and override what differs."""
+
+    name: ClassVar[str]
+    challenge_layout: ClassVar[bool] = False  # files of pairs in the challenge's (N, 1, P, w) layout
+
+    # -- networks -----------------------------------------------------------------------------------
+    def bodies(self, problem: Any) -> tuple[type["nn.Module"], type["nn.Module"]]:
+        """The encoder q(. | x, y) and decoder p(x | ., y) classes, each built as cls(cfg, problem, latent)."""
+        raise NotImplementedError
+
+    def check_model(self, cfg: "ModelConfig", problem: Any, where: str = "model") -> None:
+        """Refuse (UserError) a model config whose layers do not fit the problem's shapes."""
+
+    def x_scale(self, problem: Any) -> float:
+        """The typical size of x: networks and the reconstruction loss see x / x_scale."""
+        return float(getattr(problem, "x_scale", 1.0))
+
+    def y_scale(self, problem: Any) -> float:
+        """The noise level of y (1 without noise): networks see y / y_scale, the physics term is chi2 per datum."""
+        noise = float(getattr(problem, "noise", 0.0))
+        return noise if noise > 0 else 1.0
+
+    # -- user problems ------------------------------------------------------------------------------
+    def probe(self, spec: str, problem: Any) -> None:
+        """Check a problem found at import path `spec` once (shapes, gradient, finiteness): one UserError."""
+
+    # -- metrics and refinement ---------------------------------------------------------------------
+    def metrics(self, problem: Any) -> tuple[str, ...]:
+        """The objective metrics a trial on this problem reports (validation conditions have true models)."""
+        raise NotImplementedError
+
+    def refinable(self, problem: Any) -> bool:
+        """Whether the refined pipeline (refinement, oversampling, refined_* metrics) applies."""
+        return False
+
+    def solutions(self, problem: Any, y: "torch.Tensor") -> list | None:
+        """The exact solutions of each y, where they can be enumerated (else None)."""
+        return None
+
+    def evaluate(self, problem: Any, samples: "torch.Tensor", y: "torch.Tensor", truth: "torch.Tensor | None" = None,
+                 solutions: list | None = None, weights: list | None = None) -> dict[str, float]:
+        """The metrics of samples (M, S, *x_shape) answering y (M, P, k)."""
+        raise NotImplementedError
+
+    # -- figures and files --------------------------------------------------------------------------
+    def figure(self, problem: Any, y: "torch.Tensor", samples: "torch.Tensor", truth: "torch.Tensor | None",
+               title: str) -> "plt.Figure":
+        """The samples figure for the shown y."""
+        raise NotImplementedError
+
+    def declared(self, problem: Any) -> tuple:
+        """What the problem declares beyond its forward values, for the data cache's key."""
+        return (tuple(problem.x_shape), problem.n_points, problem.k, float(getattr(problem, "noise", 0.0)))
+
+
+FAMILIES: dict[str, ProblemFamily | str] = {
+    "lines": "cvae_opt.families.lines:LINES",
+    "fields": "cvae_opt.families.fields:FIELDS",
+}
+
+
+def register(family: ProblemFamily) -> ProblemFamily:
+    """Make a family available by its name (a problem's `family = NAME`)."""
+    FAMILIES[family.name] = family
+    return family
+
+
+def family_of(problem: Any) -> ProblemFamily:
+    """The family a problem declares (`problem.family`: an instance or a registered name)."""
+    fam = getattr(problem, "family", None)
+    if isinstance(fam, ProblemFamily):
+        return fam
+    if isinstance(fam, str) and fam in FAMILIES:
+        entry = FAMILIES[fam]
+        if isinstance(entry, str):
+            module, _, attr = entry.partition(":")
+            entry = FAMILIES[fam] = getattr(importlib.import_module(module), attr)
+        return entry
+    from ..errors import UserError
+
+    raise UserError(f"problem {getattr(problem, 'name', problem)!r} declares no known family ({fam!r}); "
+                    f"set its `family` to one of {', '.join(FAMILIES)} or a ProblemFamily instance")
+
+
+__all__ = ["LOSS_METRICS", "ProblemFamily", "FAMILIES", "register", "family_of"]
