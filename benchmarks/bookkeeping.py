@@ -24,10 +24,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine_line  # noqa: E402
-from cvae_opt import run as run_cli  # noqa: E402
-from cvae_opt.cli import quiet_libraries  # noqa: E402
+from cvae_opt.commands import run as run_cli  # noqa: E402
+from cvae_opt.commands.common import quiet_libraries  # noqa: E402
 from cvae_opt.storage import open_storage  # noqa: E402
-from cvae_opt.studies import load_study  # noqa: E402
+from cvae_opt.studies import load_study_file  # noqa: E402
 
 
 def real_trials(args, tmp: Path) -> list[tuple[float, float, float]]:
@@ -84,7 +84,7 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, help="default: the study's own budget")
     ap.add_argument("--train-size", type=int, help="default: the study's own")
     args = ap.parse_args()
-    spec = load_study(args.study)
+    spec = load_study_file(args.study)
     args.epochs, args.train_size = args.epochs or spec.epochs, args.train_size or spec.data.get("train_size", 20000)
     quiet_libraries()
     optuna.logging.set_verbosity(optuna.logging.ERROR)

@@ -34,11 +34,11 @@ def thread_scaling(study: str, jobs: int, train_size: int) -> tuple[float, float
     import torch
 
     from cvae_opt.problems import resolve_problem
-    from cvae_opt.studies import load_study
+    from cvae_opt.studies import load_study_file
     from cvae_opt.data import load_data
     from cvae_opt.train import train
 
-    cfg = load_study(study).base_config()
+    cfg = load_study_file(study).base_config()
     cfg.data.train_size, cfg.train.epochs, cfg.train.eval_conditions = train_size, 1, 0
     data = load_data(cfg.data, resolve_problem(cfg.data.problem))
     before = torch.get_num_threads()

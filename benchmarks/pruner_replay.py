@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine_line  # noqa: E402
-from cvae_opt.sampling import make_pruner  # noqa: E402
+from cvae_opt.samplers import make_pruner  # noqa: E402
 
 CANDIDATES = [
     "median n_startup_trials=4 n_warmup_steps=10",

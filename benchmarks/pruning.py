@@ -22,8 +22,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine_line  # noqa: E402
-from cvae_opt import run as run_cli  # noqa: E402
-from cvae_opt.cli import quiet_libraries  # noqa: E402
+from cvae_opt.commands import run as run_cli  # noqa: E402
+from cvae_opt.commands.common import quiet_libraries  # noqa: E402
 from cvae_opt.trials import trial_config  # noqa: E402
 from cvae_opt.train import train  # noqa: E402
 

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_line  # noqa: E402
 from cvae_opt.checkpoints import save_checkpoint  # noqa: E402
 from cvae_opt.config import Config  # noqa: E402
-from cvae_opt.data import load_pairs, resolve_data_path, sample_lines  # noqa: E402
+from cvae_opt.data import load_pairs, resolve_data_path, draw_models  # noqa: E402
 from cvae_opt.metrics import enumerate_solutions, evaluate_samples, expected_recall, mode_weights  # noqa: E402
 from cvae_opt.problems import LineProblem as Problem, resolve_problem  # noqa: E402
 from cvae_opt.posterior import Posterior, SamplingOptions  # noqa: E402
@@ -52,7 +52,7 @@ COLUMNS = [("mode_precision", "precision"), ("mode_recall", "recall"), ("valid_f
 def random_lines_refined(problem: Problem, y: torch.Tensor, n: int, oversample: int, steps: int, seed: int) -> torch.Tensor:
     """The refined pipeline from random prior lines instead of model draws: same LM budget, same selection."""
     m = y.shape[0]
-    x = sample_lines(problem, m * n * oversample, torch.Generator().manual_seed(10_000 + seed))
+    x = draw_models(problem, m * n * oversample, torch.Generator().manual_seed(10_000 + seed))
     x = refine(problem, x.view(m, n * oversample, *x.shape[1:]), y, steps)
     return select_diverse(problem, x, y, n) if oversample > 1 else x
 

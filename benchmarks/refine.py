@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine_line  # noqa: E402
 from cvae_opt.checkpoints import load_checkpoint  # noqa: E402
-from cvae_opt.data import load_pairs, resolve_data_path, sample_lines  # noqa: E402
+from cvae_opt.data import load_pairs, resolve_data_path, draw_models  # noqa: E402
 from cvae_opt.posterior import Posterior, SamplingOptions  # noqa: E402
 from cvae_opt.metrics import enumerate_solutions, evaluate_samples  # noqa: E402
 from cvae_opt.problems import TWO_BIRDS  # noqa: E402
@@ -50,7 +50,7 @@ def main() -> int:
     print(f"\nsolvers, {args.starts} random prior starts per y:")
     print("| solver | seconds | valid share | pool recall |")
     print("| --- | --- | --- | --- |")
-    x0 = sample_lines(problem, m * args.starts, torch.Generator().manual_seed(0)).reshape(m, args.starts, 50, 2)
+    x0 = draw_models(problem, m * args.starts, torch.Generator().manual_seed(0)).reshape(m, args.starts, 50, 2)
     for spec in args.solvers:
         method, _, steps = spec.partition(":")
         t0 = time.perf_counter()
@@ -69,7 +69,7 @@ def main() -> int:
         x = Posterior(model, problem).sample(scoring.y, 30, SamplingOptions(refine_steps=args.steps, oversample=k), seed=0)
         rows = [("model draws", time.perf_counter() - t0, evaluate_samples(problem, x, scoring.y, sols))]
         t0 = time.perf_counter()
-        xr = sample_lines(problem, m * 30 * k, torch.Generator().manual_seed(0)).reshape(m, 30 * k, 50, 2)
+        xr = draw_models(problem, m * 30 * k, torch.Generator().manual_seed(0)).reshape(m, 30 * k, 50, 2)
         xr = select_diverse(problem, refine(problem, xr, scoring.y, args.steps), scoring.y, 30)
         rows.append(("random prior lines", time.perf_counter() - t0, evaluate_samples(problem, xr, scoring.y, sols)))
         for name, dt, r in rows:

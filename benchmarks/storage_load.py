@@ -44,7 +44,7 @@ import optuna  # noqa: E402
 
 from cvae_opt.machine import machine_line  # noqa: E402
 from cvae_opt.storage import mask_url, open_grpc_proxy, open_storage  # noqa: E402
-from cvae_opt.studies import load_study, suggest_config  # noqa: E402
+from cvae_opt.studies import load_study_file, suggest_config  # noqa: E402
 from cvae_opt.trials import RECORDED, optimize, record  # noqa: E402
 
 S = optuna.trial.TrialState
@@ -64,8 +64,8 @@ def worker(args: argparse.Namespace) -> int:
     def emit(**event) -> None:
         log.write(json.dumps({"t": time.time(), **event}) + "\n")
 
-    spec = load_study(STUDY)
-    from cvae_opt.sampling import make_pruner, make_sampler
+    spec = load_study_file(STUDY)
+    from cvae_opt.samplers import make_pruner, make_sampler
 
     storage = open_storage(args.url, heartbeat=args.heartbeat)
     study = optuna.create_study(study_name=args.study_name, storage=storage, directions=spec.directions,

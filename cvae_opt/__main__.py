@@ -26,12 +26,12 @@ def usage() -> str:
 
 
 def module_name(command: str) -> str:
-    """The module of a command: `storage-proxy` lives in storage_proxy.py."""
+    """The module of a command: `storage-proxy` lives in commands/storage_proxy.py."""
     return command.replace("-", "_")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import EXIT_BAD_INPUT, run_main
+    from .commands.common import EXIT_BAD_INPUT, run_main
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] not in COMMANDS:
         print(f"error: unknown command {argv[0]!r}; use one of {', '.join(COMMANDS)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    module = importlib.import_module(f"cvae_opt.{module_name(argv[0])}")
+    module = importlib.import_module(f"cvae_opt.commands.{module_name(argv[0])}")
     sys.argv[0] = f"cvae-opt {argv[0]}"
     return run_main(module.main, argv[1:])
 

@@ -32,8 +32,8 @@ from .families import family_of
 from .problems import Problem, gravity2d, resolve_problem  # noqa: F401 (gravity2d: API)
 from .surveys import read_survey, write_survey  # noqa: F401 (write_survey: API)
 from .posterior import Posterior, SamplingOptions
-from .runner import RunOptions
-from .runner import run_study as _run_study
+from .workers import RunOptions
+from .workers import run_study as _run_study
 from .storage import DEFAULT_ARTIFACTS, DEFAULT_STORAGE, HEARTBEAT_SECONDS, load_existing_study, open_storage
 from .train import TrainResult, train
 from .trials import best_trial, find_trial, trial_config
@@ -230,7 +230,7 @@ def plot_samples(samples: Samples, n: int = 4, title: str = "", truth: Condition
     exact solutions dashed (where they can be enumerated), for grids the models, their mean and standard
     deviation maps (beside the exact posterior's, where known) and the true models (`truth`: a file of
     pairs or Pairs whose y are the samples' y); and each measurement against what the models predict."""
-    from .plots import samples_figure
+    from .figures import samples_figure
 
     k = max(1, min(n, len(samples.y)))
     true_x = None

@@ -87,7 +87,7 @@ def repeat_rows(t: torch.Tensor, n: int) -> torch.Tensor:
     return t.unsqueeze(1).expand(t.shape[0], n, *t.shape[1:]).reshape(t.shape[0] * n, *t.shape[1:])
 
 
-def sample_lines(
+def draw_models(
     problem: Problem, n: int, generator: torch.Generator, dtype: torch.dtype = torch.float64
 ) -> torch.Tensor:
     """n models from the problem's prior (`draw_prior`: for line pairs, as the challenge draws them),
@@ -105,7 +105,7 @@ def draw_pairs(problem: Problem, n: int, generator: torch.Generator, noise: floa
     `data.fresh` trains on, a new set every epoch."""
     dev = generator.device
     noise = noise_of(problem, noise)
-    x = sample_lines(problem, n, generator, dtype=torch.float32)
+    x = draw_models(problem, n, generator, dtype=torch.float32)
     with torch.no_grad():
         y = problem(x)
     if noise > 0:
@@ -117,7 +117,7 @@ def problem_fingerprint(problem: Problem) -> str:
     """What a problem computes, as a short hash: its declared shape and prior, and its forward values
     (to 9 significant digits) on a fixed batch of prior draws. Cached data keyed by it is never reused
     after a user edits their forward function, even under the same name."""
-    x = sample_lines(problem, 16, torch.Generator().manual_seed(20_211_116)).double()
+    x = draw_models(problem, 16, torch.Generator().manual_seed(20_211_116)).double()
     with torch.no_grad():
         y = problem(x).double().cpu().numpy()
     declared = family_of(problem).declared(problem)
@@ -147,7 +147,7 @@ def make_pairs(
         if path.exists():
             return load_pairs(path, problem)
     gen = torch.Generator().manual_seed(seed)
-    x = sample_lines(problem, n, gen)
+    x = draw_models(problem, n, gen)
     with torch.no_grad():
         y = problem(x.double()).float()
     if noise > 0:

@@ -22,9 +22,9 @@ from .checkpoints import save_checkpoint
 from .config import Config
 from .data import Pairs, load_data
 from .errors import NonFiniteLoss, UserError
-from .evaluation import check_refined_metrics
+from .epoch_metrics import check_refined_metrics
 from .families import family_of
-from .plots import samples_figure, save_figure
+from .figures import samples_figure, save_figure
 from .problems import Problem, resolve_problem
 from .studies import PLOT_BEST_DEFAULT, StudySpec, check_shapes, suggest_config
 from .train import Training

@@ -232,7 +232,7 @@ def _param(name: str, raw: Any, path: str, earlier: dict[str, Param]) -> Param:
     return p
 
 
-def load_study(name_or_path: str) -> StudySpec:
+def load_study_file(name_or_path: str) -> StudySpec:
     """Parse and check a study file; every mistake is reported with its key path."""
     file = find_study_file(name_or_path)
     path = str(file)

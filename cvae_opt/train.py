@@ -20,7 +20,7 @@ from .config import Config, TrainConfig
 from .data import Pairs, draw_pairs, load_data
 from .devices import resolve_device
 from .errors import NonFiniteLoss
-from .evaluation import Evaluator
+from .epoch_metrics import Evaluator
 from .models import CVAE, build_model
 from .problems import Problem, resolve_problem
 

@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from cvae_opt.checkpoints import load_checkpoint
-from cvae_opt.cli import run_main
+from cvae_opt.commands.common import run_main
 from cvae_opt.config import Config
 from cvae_opt.data import Pairs, make_pairs, save_pairs
 from cvae_opt.problems import TWO_BIRDS

@@ -4,8 +4,8 @@
 import pytest
 import yaml
 
-from cvae_opt import retrain, run
-from cvae_opt.cli import run_main
+from cvae_opt.commands import retrain, run
+from cvae_opt.commands.common import run_main
 from cvae_opt.config import Config
 
 STUDY = {
@@ -87,12 +87,12 @@ def test_a_bad_exported_config_is_refused_before_training(tmp_path, monkeypatch,
 
 
 def test_every_shipped_study_and_config_passes_the_checks():
-    from cvae_opt.studies import STUDIES_DIR, load_study
+    from cvae_opt.studies import STUDIES_DIR, load_study_file
 
     files = sorted(STUDIES_DIR.rglob("*.yaml"))
     assert len(files) >= 5
     for f in files:
         if f.parent == STUDIES_DIR:
-            load_study(str(f))
+            load_study_file(str(f))
         else:  # configs: exported best ones, probes, the notebooks' recipe
             Config.from_yaml_file(f)

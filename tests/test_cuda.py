@@ -11,7 +11,7 @@ import torch
 
 from cvae_opt.checkpoints import load_checkpoint, save_checkpoint
 from cvae_opt.config import Config
-from cvae_opt.data import load_pairs, sample_lines
+from cvae_opt.data import load_pairs, draw_models
 from cvae_opt.problems import TWO_BIRDS
 from cvae_opt.posterior import Posterior, SamplingOptions
 from cvae_opt.refine import refine, select_diverse
@@ -48,7 +48,7 @@ def test_training_and_refined_metrics_on_cuda(tmp_path, model):
 def test_the_refined_pipeline_gives_the_same_answer_on_cuda_and_cpu():
     s = load_pairs("two_birds:scoring", TWO_BIRDS)
     y = s.y[:8]
-    x0 = sample_lines(TWO_BIRDS, 8 * 12, torch.Generator().manual_seed(0)).view(8, 12, 50, 2)
+    x0 = draw_models(TWO_BIRDS, 8 * 12, torch.Generator().manual_seed(0)).view(8, 12, 50, 2)
     cpu = refine(TWO_BIRDS, x0, y, 20)
     gpu = refine(TWO_BIRDS, x0.cuda(), y.cuda(), 20)
     assert gpu.device.type == "cuda"

@@ -1,5 +1,6 @@
 """Defects found by reading the code (issue 24), each pinned by a test that failed before its fix."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -48,16 +49,16 @@ def study_file(tmp_path, problem, metric, **fixed):
 def run_cli(tmp_path, f, *extra):
     return subprocess.run([sys.executable, "-m", "cvae_opt.run", "--study", str(f), "--trials", "1", *extra],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])})
 
 
 @pytest.mark.parametrize("metric", ["valid_fraction", "r2", "mode_recall", "refined_score"])
 def test_a_field_study_on_a_line_metric_is_refused_at_load(tmp_path, profile, metric):
     from cvae_opt.objective import Objective
-    from cvae_opt.studies import load_study
+    from cvae_opt.studies import load_study_file
 
     fixed = {"eval_refine": 10} if metric.startswith("refined_") else {}
-    spec = load_study(str(study_file(tmp_path, profile, metric, **fixed)))
+    spec = load_study_file(str(study_file(tmp_path, profile, metric, **fixed)))
     with pytest.raises(UserError, match=rf"objective metric '{metric}' is not computed for problem 'profile'"):
         Objective(spec)
 
@@ -81,9 +82,9 @@ def test_a_field_study_without_pruner_below_the_first_rung_is_refused_not_a_keye
 
 def test_a_field_study_with_refinement_is_refused_at_load(tmp_path, profile):
     from cvae_opt.objective import Objective
-    from cvae_opt.studies import load_study
+    from cvae_opt.studies import load_study_file
 
-    spec = load_study(str(study_file(tmp_path, profile, "score", eval_refine=10)))
+    spec = load_study_file(str(study_file(tmp_path, profile, "score", eval_refine=10)))
     with pytest.raises(UserError, match=r"problem .profile. \(fields\) has no refinement, so no refined_\* metrics; set eval_refine: 0"):
         Objective(spec)
 

@@ -11,7 +11,7 @@ import torch
 
 from cvae_opt.checkpoints import save_checkpoint
 from cvae_opt.config import Config
-from cvae_opt.data import draw_pairs, load_pairs, make_pairs, sample_lines
+from cvae_opt.data import draw_pairs, load_pairs, make_pairs, draw_models
 from cvae_opt.errors import UserError
 from cvae_opt.metrics import enumerate_solutions, evaluate_samples, expected_recall, mode_weights
 from cvae_opt.models import ModelConfig, build_model
@@ -172,7 +172,7 @@ def test_fresh_pairs_are_exact_and_new_every_epoch():
     assert bool((ends >= 0.1).all() and (ends <= 1.0).all())
     assert bool((ends[:, 1, 0] <= ends[:, 0, 0]).all() and (ends[:, 1, 1] >= ends[:, 0, 1]).all())
     # same distribution as the cached synthetic pairs: end-point means within sampling error
-    ref = sample_lines(TWO_BIRDS, 20000, torch.Generator().manual_seed(1))[:, [0, -1]].double()
+    ref = draw_models(TWO_BIRDS, 20000, torch.Generator().manual_seed(1))[:, [0, -1]].double()
     big = draw_pairs(TWO_BIRDS, 20000, torch.Generator().manual_seed(2)).x[:, [0, -1]].double()
     assert torch.allclose(ref.mean(0), big.mean(0), atol=0.01)
     # a training file and fresh pairs contradict each other: one clear error
@@ -229,7 +229,7 @@ def test_exact_posterior_mode_weights(challenge):
 
 
 def test_line_product_has_a_continuum_of_solutions():
-    x = sample_lines(LINE_PRODUCT, 1, torch.Generator().manual_seed(0)).double()[0]
+    x = draw_models(LINE_PRODUCT, 1, torch.Generator().manual_seed(0)).double()[0]
     y = LINE_PRODUCT(x)
     # scale the descending line up and the ascending one down: the same y, another valid pair
     lam = 1.05

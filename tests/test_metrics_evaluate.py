@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from cvae_opt.data import Pairs, load_pairs, load_validation, make_pairs, sample_lines, save_pairs
+from cvae_opt.data import Pairs, load_pairs, load_validation, make_pairs, draw_models, save_pairs
 from cvae_opt.metrics import enumerate_solutions, evaluate_samples
 from cvae_opt.problems import TWO_BIRDS, cosine_problem
 
@@ -36,7 +36,7 @@ def test_enumeration_finds_every_true_x_and_about_a_dozen_modes(scoring):
 
 def test_enumeration_on_fresh_draws_of_another_cosine_problem():
     prob = cosine_problem("other", [(20.0, 15.0, 0.3), (11.0, 30.0, 0.0)])
-    x = sample_lines(prob, 40, torch.Generator().manual_seed(5)).double()
+    x = draw_models(prob, 40, torch.Generator().manual_seed(5)).double()
     sols = enumerate_solutions(prob, prob(x))
     for xi, s in zip(x.numpy(), sols):
         assert np.abs(s - xi).max(axis=(1, 2)).min() < 1e-3
@@ -47,7 +47,7 @@ def test_true_x_scores_perfectly_and_random_lines_score_nothing(scoring):
     good = evaluate_samples(TWO_BIRDS, p.x.unsqueeze(1), p.y, sols, truth=p.x)
     assert good["misfit_rmse"] < 1e-4 and good["mode_precision"] == 1.0 and good["truth_recall"] == 1.0
     assert good["r2"] > 0.9999 and good["slope_signs"] == 1.0 and good["valid_fraction"] == 1.0
-    rnd = sample_lines(TWO_BIRDS, 50 * 30, torch.Generator().manual_seed(0)).view(50, 30, 50, 2)
+    rnd = draw_models(TWO_BIRDS, 50 * 30, torch.Generator().manual_seed(0)).view(50, 30, 50, 2)
     bad = evaluate_samples(TWO_BIRDS, rnd, p.y, sols, truth=p.x)
     assert 0.9 < bad["misfit_rmse"] < 1.1
     assert bad["mode_precision"] < 0.01 and bad["mode_recall"] < 0.01
@@ -85,7 +85,7 @@ def test_evaluate_cli_on_the_scoring_file(py, challenge):
 def test_evaluate_cli_groups_a_submission_and_uses_truth(py, challenge, tmp_path):
     p = load_pairs(challenge / "scoring_dataset.pt", TWO_BIRDS)
     # 3 samples per y: the true x twice and a random line, rows shuffled
-    rnd = sample_lines(TWO_BIRDS, 50, torch.Generator().manual_seed(1))
+    rnd = draw_models(TWO_BIRDS, 50, torch.Generator().manual_seed(1))
     x = torch.cat([p.x, p.x, rnd])
     y = torch.cat([p.y, p.y, p.y])
     perm = torch.randperm(150, generator=torch.Generator().manual_seed(2))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from cvae_opt.data import Pairs, load_pairs, make_pairs, problem_fingerprint, sample_lines, save_pairs
+from cvae_opt.data import Pairs, load_pairs, make_pairs, problem_fingerprint, draw_models, save_pairs
 from cvae_opt.errors import UserError
 from cvae_opt.metrics import enumerate_solutions
 from cvae_opt.problems import TWO_BIRDS, ends_from_unit, resolve_problem, unit_from_ends
@@ -27,7 +27,7 @@ def test_two_birds_formula():
 
 
 def test_generator_reproduces_the_challenge_distribution(challenge):
-    x = sample_lines(TWO_BIRDS, 200_000, torch.Generator().manual_seed(0)).double()
+    x = draw_models(TWO_BIRDS, 200_000, torch.Generator().manual_seed(0)).double()
     e = ends(x).numpy()
     s0, e0, s1, e1 = e.T
     assert e.min() >= 0.1 and e.max() <= 1.0

@@ -9,7 +9,7 @@ import torch
 from cvae_opt.checkpoints import save_checkpoint
 from cvae_opt.posterior import SamplingOptions
 from cvae_opt.config import Config, ModelConfig
-from cvae_opt.data import load_pairs, sample_lines
+from cvae_opt.data import load_pairs, draw_models
 from cvae_opt.errors import UserError
 from cvae_opt.metrics import enumerate_solutions, evaluate_samples
 from cvae_opt.models import build_model
@@ -46,7 +46,7 @@ def test_lm_refinement_from_random_starts_and_converged_first_selection(challeng
     near-solutions that pass the 0.02 misfit bar without being one, and the selection must not favour
     them although they tend to lie far from everything else."""
     p, sols = scoring(challenge)
-    pool = sample_lines(TWO_BIRDS, 50 * 100, torch.Generator().manual_seed(0)).reshape(50, 100, 50, 2)
+    pool = draw_models(TWO_BIRDS, 50 * 100, torch.Generator().manual_seed(0)).reshape(50, 100, 50, 2)
     pool = refine(TWO_BIRDS, pool, p.y, steps=40)
     m = evaluate_samples(TWO_BIRDS, pool, p.y, sols)
     assert m["valid_fraction"] > 0.2 and m["mode_recall"] > 0.6
@@ -64,7 +64,7 @@ def test_select_diverse_prefers_distinct_valid_samples(challenge):
     p, sols = scoring(challenge)
     i = int(np.argmax([len(s) for s in sols]))  # a y with many solutions
     s = torch.tensor(sols[i]).float()
-    rnd = sample_lines(TWO_BIRDS, 20, torch.Generator().manual_seed(1))
+    rnd = draw_models(TWO_BIRDS, 20, torch.Generator().manual_seed(1))
     pool = torch.cat([s[:1].expand(20, 50, 2), rnd, s[1:4], s[:1]]).unsqueeze(0)  # duplicates, junk, 3 more modes
     keep = select_diverse(TWO_BIRDS, pool, p.y[i : i + 1], 4)
     m = evaluate_samples(TWO_BIRDS, keep, p.y[i : i + 1], [sols[i]])
@@ -112,7 +112,7 @@ def test_batched_select_diverse_matches_the_rule_sample_by_sample(challenge):
         s = torch.tensor(sols[i]).float()
         exact = s[torch.randint(len(s), (10,), generator=gen)]
         near = s[torch.randint(len(s), (6,), generator=gen)] + 2e-4 * torch.randn(6, 50, 2, generator=gen)
-        pools.append(torch.cat([exact, near, sample_lines(TWO_BIRDS, 14, gen)])[torch.randperm(30, generator=gen)])
+        pools.append(torch.cat([exact, near, draw_models(TWO_BIRDS, 14, gen)])[torch.randperm(30, generator=gen)])
     x, y = torch.stack(pools), p.y[:6]
     for n in (1, 5, 12, 30):
         assert torch.equal(select_diverse(TWO_BIRDS, x, y, n), _select_diverse_one_group_at_a_time(TWO_BIRDS, x, y, n)), n
@@ -160,7 +160,7 @@ def test_lm_refinement_needs_forward_mode_and_the_commands_name_the_fix(challeng
     coef = torch.tensor([[49.0, 56.0], [42.0, 63.0]])
     problem = LineProblem("backward_only", lambda x: _BackwardOnlyCos.apply(x @ coef.to(x)), k=2)
     assert supports_forward_mode(TWO_BIRDS) and not supports_forward_mode(problem)
-    x = sample_lines(problem, 2 * 3, torch.Generator().manual_seed(0)).reshape(2, 3, 50, 2)
+    x = draw_models(problem, 2 * 3, torch.Generator().manual_seed(0)).reshape(2, 3, 50, 2)
     with pytest.raises(RuntimeError):  # the numerical code says what torch says; the commands check first
         refine(problem, x, p.y[:2], steps=5)
     model = build_model(ModelConfig(), problem)

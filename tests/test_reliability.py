@@ -171,7 +171,8 @@ def test_nan_loss_fails_the_trial_with_the_reason_and_the_study_goes_on(tmp_path
 def test_a_full_disk_fails_that_trial_and_keeps_earlier_checkpoints(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     f = tiny_study(tmp_path / "tiny.yaml", epochs=1, train_size=500)
-    from cvae_opt import checkpoints, run as run_mod
+    from cvae_opt import checkpoints
+    from cvae_opt.commands import run as run_mod
 
     real_save = torch.save
     calls = {"n": 0}

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from cvae_opt import evaluate
-from cvae_opt.cli import run_main
+from cvae_opt.commands import evaluate
+from cvae_opt.commands.common import run_main
 from cvae_opt.config import Config
 from cvae_opt.data import Pairs, load_pairs, make_pairs, save_pairs
 from cvae_opt.metrics import evaluate_samples

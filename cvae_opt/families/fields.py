@@ -158,7 +158,7 @@ class FieldFamily(ProblemFamily):
         return evaluate_field_samples(problem, samples, y, truth)
 
     def figure(self, problem, y, samples, truth, title):
-        from ..plots import field_figure
+        from ..figures import field_figure
 
         return field_figure(problem, y, samples, truth, title)
 

@@ -165,7 +165,7 @@ class LineFamily(ProblemFamily):
         return evaluate_line_samples(problem, samples, y, solutions, truth, weights=weights)
 
     def figure(self, problem, y, samples, truth, title):
-        from ..plots import lines_figure
+        from ..figures import lines_figure
 
         return lines_figure(problem, y, samples, title)
 

@@ -12,9 +12,9 @@ from typing import Any, Callable
 
 import optuna
 
-from .config import DRAWS, REFINE_METHODS
-from .errors import UserError
-from .storage import DEFAULT_STORAGE, load_existing_study, open_storage
+from ..config import DRAWS, REFINE_METHODS
+from ..errors import UserError
+from ..storage import DEFAULT_STORAGE, load_existing_study, open_storage
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130

@@ -22,9 +22,9 @@ from .machine import usable_cores
 from .devices import resolve_device, worker_device
 from .errors import NonFiniteLoss, UserError
 from .objective import ArtifactError, Objective, Overrides
-from .sampling import make_pruner, make_sampler, pruner_name
+from .samplers import make_pruner, make_sampler, pruner_name
 from .storage import DEFAULT_ARTIFACTS, DEFAULT_STORAGE, HEARTBEAT_SECONDS, artifact_store, mask_url, open_storage
-from .studies import StudySpec, load_study
+from .studies import StudySpec, load_study_file
 from .trials import best_trial_or_none, keep_best_checkpoints
 from .trials import optimize as trials_optimize
 
@@ -205,7 +205,7 @@ class Worker:
 
 def prepare(args: RunOptions) -> Worker:
     check_options(args)
-    spec = load_study(args.study)
+    spec = load_study_file(args.study)
     _apply_overrides(spec, args)
     index = args.worker_index
     seed = args.seed if args.seed is not None else spec.sampler["args"].get("seed")
