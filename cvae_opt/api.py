@@ -119,16 +119,18 @@ class Generator:
 
     def sample(
         self, y: Conditions, n: int = 30, *, seed: int = 0, draw: str = "posterior", temperature: float = 1.0,
+        within: str = "mean",
         refine: int = 0, refine_method: str = "lm", refine_lr: float = 0.2, oversample: int = 1, batch: int = 8192,
     ) -> Samples:
         """n models per measurement y, as `cvae-opt generate` draws them. Raw (the default): one decoder pass
         each. `draw`: posterior (by the model's weights, for uncertainty) or coverage (every distinct
-        hypothesis first: 'show me every model that fits'; component latents). `refine` > 0: that many
+        hypothesis first: 'show me every model that fits'; component latents); `within`: a drawn hypothesis'
+        mean or (spread) a draw within its learnt spread (hypotheses latent). `refine` > 0: that many
         iterations fitting each sample to its y; `oversample` K: draw K times as many and keep the n that
         fit, farthest apart. y: see `conditions`."""
         if n < 1:
             raise UserError(f"n (--samples) must be a positive integer, got {n}")
-        options = SamplingOptions(draw=draw, temperature=temperature, refine_steps=refine, refine_method=refine_method,
+        options = SamplingOptions(draw=draw, temperature=temperature, within=within, refine_steps=refine, refine_method=refine_method,
                                   refine_lr=refine_lr, oversample=oversample)
         posterior = Posterior(self.model, self.problem)
         posterior.check(options)

@@ -26,13 +26,14 @@ DEFAULT_CACHE_DIR = "storage/data"  # synthetic training pairs, keyed by what th
 ARCHS = ("cvae", "cvae_re")
 HEADS = ("signal", "line")
 BODIES = ("conv", "mlp")
-LATENT_TYPES = ("gaussian", "categorical", "mixed")  # latents.py builds them; a user's family is 'module:Class'
-COMPONENT_LATENTS = ("categorical", "mixed")  # those whose `components` is their K
+LATENT_TYPES = ("gaussian", "categorical", "mixed", "hypotheses")  # latents.py builds them; a user's family is 'module:Class'
+COMPONENT_LATENTS = ("categorical", "mixed", "hypotheses")  # those whose `components` is their K
 RECOGNITIONS = ("encoder", "exact")
 DECODER_SCALES = ("fixed", "learnt")
 COMPONENT_PRIORS = ("uniform", "learnt")
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "silu", "tanh")
 DRAWS = ("posterior", "coverage")
+WITHINS = ("mean", "spread")  # a drawn hypothesis' mean, or a draw within its learnt spread (`hypotheses`)
 REFINE_METHODS = ("lm", "adam")
 LR_SCHEDULES = ("constant", "cosine")
 PHYSICS_REDUCE = ("mean", "min")
@@ -138,6 +139,7 @@ class TrainConfig:
     # how the trial metrics draw (component latents): posterior | coverage, and the weights' temperature
     eval_draw: str = "posterior"
     eval_temperature: float = 1.0
+    eval_within: str = "mean"  # hypotheses latent: the metrics from hypothesis means or draws within their spread
     eval_samples: int = 10  # samples per validation y
     # refined-pipeline metrics (refined_*) after the last epoch: LM iterations (0 = off) and oversampling,
     # as `generate --refine eval_refine --oversample eval_oversample` on the validation conditions
@@ -148,7 +150,8 @@ class TrainConfig:
     eval_refine_estimate: int = 0
 
     def validate(self, where: str = "train") -> None:
-        _one_of(self, where, lr_schedule=LR_SCHEDULES, physics_reduce=PHYSICS_REDUCE, eval_draw=DRAWS)
+        _one_of(self, where, lr_schedule=LR_SCHEDULES, physics_reduce=PHYSICS_REDUCE, eval_draw=DRAWS,
+                eval_within=WITHINS)
         _at_least(self, where, epochs=1, batch_size=1, eval_samples=1, eval_oversample=1, eval_conditions=0,
                   kl_warmup=0, physics_samples=0, eval_refine=0, eval_refine_estimate=0, weight_decay=0.0,
                   beta=0.0, free_bits=0.0, w_x=0.0, w_y=0.0, physics_temperature=0.0, grad_clip=0.0,

@@ -39,10 +39,10 @@ class Evaluator:
 
     def __init__(
         self, problem: Problem, val: Pairs, n_conditions: int, n_samples: int, seed: int,
-        draw: str = "posterior", temperature: float = 1.0,
+        draw: str = "posterior", temperature: float = 1.0, within: str = "mean",
     ):
         n = min(n_conditions, len(val))
-        self.draw, self.temperature = draw, temperature
+        self.draw, self.temperature, self.within = draw, temperature, within
         self.problem = problem
         self.y = val.y[:n]
         self.truth = val.x[:n]
@@ -55,7 +55,8 @@ class Evaluator:
     @classmethod
     def for_config(cls, tc: TrainConfig, problem: Problem, val: Pairs) -> "Evaluator":
         check_refined_metrics(tc, problem)
-        return cls(problem, val, tc.eval_conditions, tc.eval_samples, tc.seed + 7, tc.eval_draw, tc.eval_temperature)
+        return cls(problem, val, tc.eval_conditions, tc.eval_samples, tc.seed + 7, tc.eval_draw, tc.eval_temperature,
+                   tc.eval_within)
 
     def epoch(self, model: CVAE, tc: TrainConfig, last: bool) -> dict[str, float]:
         """Everything a training run reports after an epoch besides its losses."""
@@ -93,7 +94,8 @@ class Evaluator:
         """The study's draw and temperature apply to component latents; others have only their posterior."""
         if not model.latent.has_components:
             return SamplingOptions(**refined)
-        return SamplingOptions(draw=self.draw, temperature=self.temperature, **refined)
+        within = self.within if model.latent.has_spread else "mean"
+        return SamplingOptions(draw=self.draw, temperature=self.temperature, within=within, **refined)
 
 
 def check_refined_metrics(tc: TrainConfig, problem: Problem) -> None:

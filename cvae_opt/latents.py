@@ -12,6 +12,9 @@ type by name, so a new family is one subclass here or in a user's module (`regis
   model's own posterior over its hypotheses) and the ELBO is marginalised exactly over c, so no Gumbel
   noise or sampling of c is needed in training. p(x | y) is a mixture of K point hypotheses.
 - `mixed`: a component and a small Gaussian z within it, for solutions that form continua.
+- `hypotheses`: K hypotheses, each a Gaussian whose mean the decoder and whose per-parameter scale a
+  network predicts from y, trained by the exact mixture likelihood (a mixture density network inside
+  the CVAE); draws take a hypothesis' mean or a draw within its spread.
 
 Units: reconstruction errors are in units of the problem's x scale squared, physics misfits in units of
 its y scale squared (`LossContext`), so one search space serves problems of any units.
@@ -20,6 +23,7 @@ its y scale squared (`LossContext`), so one search space serves problems of any 
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -133,6 +137,16 @@ def misfit(problem: Any, x: torch.Tensor, y: torch.Tensor, y_var: float) -> torc
     return ((problem(x) - y.unsqueeze(1)) ** 2).mean(dim=(-1, -2)) / y_var
 
 
+@dataclass(frozen=True)
+class DrawSpec:
+    """How generation draws, for a family's `draws`: `draw` posterior or coverage, `temperature` of the
+    component weights, `within` mean (a hypothesis' mean) or spread (a draw within its learnt scale)."""
+
+    draw: str = "posterior"
+    temperature: float = 1.0
+    within: str = "mean"
+
+
 class LatentFamily:
     """One kind of latent. Subclasses set `name` and the flags, and implement `recognise`, `terms`,
     `draws` and `decode`; component families also `choose`."""
@@ -140,6 +154,7 @@ class LatentFamily:
     name: ClassVar[str]
     title: ClassVar[str] = ""  # how messages name it (the name when empty)
     has_components: ClassVar[bool] = False  # draws pick one of K hypotheses (coverage draws, temperatures apply)
+    has_spread: ClassVar[bool] = False  # a hypothesis has a learnt spread to draw within (`within: spread`)
 
     def __init__(self, cfg: ModelConfig):
         self.cfg = cfg
@@ -158,6 +173,11 @@ class LatentFamily:
     def needs_encoder(self) -> bool:
         """Whether recognition needs a network q(. | x, y)."""
         return True
+
+    def modules(self, cfg: ModelConfig, problem: Any) -> nn.Module | None:
+        """Networks of the family's own, beside the encoder, decoder and prior network (the model registers
+        them as `latent_net`); None for most families."""
+        return None
 
     def head(self, width: int) -> LatentHead:
         """The layer that turns `width` features into this latent's parameters (encoder, prior network)."""
@@ -185,7 +205,7 @@ class LatentFamily:
         raise NotImplementedError
 
     def draws(self, y: torch.Tensor, n: int, generator: torch.Generator, weights: torch.Tensor | None,
-              draw: str, temperature: float) -> dict[str, torch.Tensor]:
+              spec: DrawSpec) -> dict[str, torch.Tensor]:
         """Everything random about n samples for each of M y, drawn at once on the CPU from `generator`, so
         the samples do not depend on the batch size or the device: eps (M, n, gaussian_dims), c (M, n)."""
         raise NotImplementedError
@@ -233,7 +253,7 @@ class GaussianLatent(LatentFamily):
             physics = 0.5 * (physics + parts["physics_gen"])
         return kl_opt, recon, physics, parts
 
-    def draws(self, y, n, generator, weights, draw, temperature):
+    def draws(self, y, n, generator, weights, spec):
         return {"eps": torch.randn(y.shape[0], n, self.gaussian_dims, generator=generator)}
 
     def decode(self, model, y, p, draws):
@@ -271,7 +291,7 @@ class CategoricalLatent(LatentFamily):
 
     def terms(self, model, out, x, y, ctx):
         tc = ctx.tc
-        recon_c = model.reconstruction_nll(((out["x_all"] - x.unsqueeze(1)) ** 2).flatten(2).mean(-1) / ctx.x_var)
+        recon_c = self._recon_c(model, out, x, ctx)
         if self.cfg.recognition == "exact":  # the optimal q of this bound: the model's posterior over its hypotheses
             out["logits_q"] = torch.log_softmax(out["logits_p"], dim=-1) - tc.w_x * recon_c / max(ctx.beta, 1e-8)
         q = torch.softmax(out["logits_q"], dim=-1)  # (B, K)
@@ -288,6 +308,10 @@ class CategoricalLatent(LatentFamily):
             physics = (w * misfit(ctx.problem, x_gen, y, ctx.y_var)).sum(1).mean()
             parts["physics_gen"] = physics
         return kl_opt + kl_c, recon, physics, parts
+
+    def _recon_c(self, model, out, x, ctx) -> torch.Tensor:
+        """The reconstruction term of each hypothesis (B, K): mean squared error in x-scale units."""
+        return model.reconstruction_nll(((out["x_all"] - x.unsqueeze(1)) ** 2).flatten(2).mean(-1) / ctx.x_var)
 
     def _gaussian_kl(self, out, tc) -> tuple[torch.Tensor, torch.Tensor, dict]:
         zero = out["logits_p"].new_zeros(())
@@ -322,8 +346,8 @@ class CategoricalLatent(LatentFamily):
         distinct = order.gather(1, j.clamp(max=k - 1).expand(m, n))
         return torch.where(j < count, distinct, picks)
 
-    def draws(self, y, n, generator, weights, draw, temperature):
-        return {"c": self.choose(weights, n, generator, draw, temperature)}
+    def draws(self, y, n, generator, weights, spec):
+        return {"c": self.choose(weights, n, generator, spec.draw, spec.temperature)}
 
     def decode(self, model, y, p, draws):
         c = draws["c"]
@@ -361,9 +385,84 @@ class MixedLatent(CategoricalLatent):
         z = p["mu"] + normal(p["mu"].shape, p["mu"], ctx.generator) * torch.exp(0.5 * p["logvar"])
         return model.decoder(z, y), torch.log_softmax(p["logits"], dim=-1)
 
-    def draws(self, y, n, generator, weights, draw, temperature):
+    def draws(self, y, n, generator, weights, spec):
         eps = torch.randn(y.shape[0], n, self.gaussian_dims, generator=generator)  # first, as ever: same streams
-        return {"eps": eps, "c": self.choose(weights, n, generator, draw, temperature)}
+        return {"eps": eps, "c": self.choose(weights, n, generator, spec.draw, spec.temperature)}
+
+
+LOGSTD_MIN, LOGSTD_MAX = -9.0, 2.0  # a hypothesis' learnt log standard deviation, in x-scale units
+
+
+class ScaleNet(nn.Module):
+    """Each hypothesis' log standard deviation per parameter, predicted from y: (B, K, dims)."""
+
+    def __init__(self, cfg: ModelConfig, problem: Any, components: int, dims: int, y_scale: float):
+        super().__init__()
+        from .layers import mlp
+
+        sizes = [problem.n_points * problem.k] + [cfg.prior_hidden] * max(cfg.prior_depth, 1)
+        self.body = mlp(sizes, cfg.activation, cfg.batch_norm)
+        self.out = nn.Linear(cfg.prior_hidden, components * dims)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)  # every hypothesis starts broad (std 1 x-scale) and sharpens as it fits
+        self.k, self.dims, self.y_scale = components, dims, float(y_scale)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        raw = self.out(self.body(y.flatten(1) / self.y_scale)).view(y.shape[0], self.k, self.dims)
+        return raw.clamp(LOGSTD_MIN, LOGSTD_MAX)
+
+
+class HypothesesLatent(CategoricalLatent):
+    """K hypotheses, each a diagonal Gaussian over the problem family's hypothesis space (for the line head
+    the four end points, else x per value) whose mean the decoder emits and whose scale `ScaleNet`
+    predicts from y. The reconstruction term of hypothesis c is its exact negative log-likelihood
+    -log N(theta(x); mu_c(y), diag(sigma_c(y))^2) in x-scale units, so with exact recognition, beta = 1 and
+    w_x = 1 the loss is the mixture likelihood -log sum_c r(c|y) N_c: each hypothesis starts broad and
+    sharpens as it finds its solution, instead of the nearest one taking all from the first step.
+    Generation takes a hypothesis' mean, or (`within: spread`) a draw within its spread."""
+
+    name = "hypotheses"
+    has_spread = True
+
+    def modules(self, cfg, problem):
+        from .families import family_of
+
+        family = family_of(problem)
+        self.space = family.hypothesis_space(cfg, problem)
+        self.x_scale = family.x_scale(problem)
+        return ScaleNet(cfg, problem, self.components, self.space.dims, family.y_scale(problem))
+
+    def recognise(self, model, x, y, q, p, generator):
+        out = super().recognise(model, x, y, q, p, generator)
+        out["logstd_all"] = model.latent_net(y)
+        return out
+
+    def _recon_c(self, model, out, x, ctx):
+        theta = self.space.to_theta(x).unsqueeze(1) / self.x_scale  # (B, 1, D)
+        mu = self.space.to_theta(out["x_all"]) / self.x_scale  # (B, K, D)
+        ls = out["logstd_all"]
+        return (0.5 * ((theta - mu) * torch.exp(-ls)) ** 2 + ls + 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    def terms(self, model, out, x, y, ctx):
+        kl_opt, recon, physics, parts = super().terms(model, out, x, y, ctx)
+        parts["hypothesis_sigma"] = torch.exp(out["logstd_all"].detach()).mean() * self.x_scale
+        return kl_opt, recon, physics, parts
+
+    def draws(self, y, n, generator, weights, spec):
+        out = super().draws(y, n, generator, weights, spec)
+        if spec.within == "spread":
+            out["within"] = torch.randn(y.shape[0], n, self.space.dims, generator=generator)
+        return out
+
+    def decode(self, model, y, p, draws):
+        x = super().decode(model, y, p, {"c": draws["c"]})
+        if "within" not in draws:
+            return x
+        c = draws["c"].to(y.device)
+        m, n = c.shape
+        ls = model.latent_net(y).gather(1, c.unsqueeze(-1).expand(m, n, self.space.dims))  # (M, n, D)
+        theta = self.space.to_theta(x) + torch.exp(ls) * draws["within"].to(x) * self.x_scale
+        return self.space.from_theta(theta)
 
 
 FAMILIES: dict[str, type[LatentFamily]] = {}
@@ -375,7 +474,7 @@ def register(family: type[LatentFamily]) -> type[LatentFamily]:
     return family
 
 
-for _family in (GaussianLatent, CategoricalLatent, MixedLatent):
+for _family in (GaussianLatent, CategoricalLatent, MixedLatent, HypothesesLatent):
     register(_family)
 
 

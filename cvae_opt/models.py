@@ -46,6 +46,7 @@ class CVAE(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.latent = latent_family(cfg)
+        self.latent_net = self.latent.modules(cfg, problem)  # the family's own networks, if any
         self.n_points, self.k = problem.n_points, problem.k
         self.x_shape = tuple(problem.x_shape)
         family = family_of(problem)

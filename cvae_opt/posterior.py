@@ -16,8 +16,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .config import DRAWS, REFINE_METHODS
+from .config import DRAWS, REFINE_METHODS, WITHINS
 from .errors import UserError
+from .latents import DrawSpec
 from .models import CVAE
 from .families import family_of
 from .problems import Problem, supports_forward_mode
@@ -27,12 +28,14 @@ from .problems import Problem, supports_forward_mode
 class SamplingOptions:
     """How samples are drawn. Raw (the default): one decoder pass each. `draw`: posterior (by the model's
     weights) or coverage (every distinct hypothesis first); `temperature`: weights^T renormalised
-    (component latents). `refine_steps` > 0: that many iterations fitting each sample to its y
+    (component latents); `within`: a drawn hypothesis' mean, or (spread) a draw within its learnt spread
+    (the hypotheses latent). `refine_steps` > 0: that many iterations fitting each sample to its y
     (`refine_method` lm or adam, `refine_lr` Adam's step); `oversample` K: K times as many drawn, the n
     that fit, farthest apart, kept."""
 
     draw: str = "posterior"
     temperature: float = 1.0
+    within: str = "mean"
     refine_steps: int = 0
     refine_method: str = "lm"
     refine_lr: float = 0.2
@@ -59,6 +62,11 @@ class SamplingOptions:
             raise UserError(f"temperature must be >= 0 (--temperature), got {self.temperature}")
         if self.draw not in DRAWS:
             raise UserError(f"draw {self.draw!r}: use one of {', '.join(DRAWS)}")
+        if self.within not in WITHINS:
+            raise UserError(f"within {self.within!r}: use one of {', '.join(WITHINS)}")
+        if self.within != "mean" and not model.latent.has_spread:
+            raise UserError(f"within {self.within} (--within): this model's {model.latent.title or model.latent.name} latent "
+                            "has no learnt spread to draw within; it needs model.latent_type hypotheses")
         if self.refine_method not in REFINE_METHODS:
             raise UserError(f"refine method {self.refine_method!r}: use one of {', '.join(REFINE_METHODS)}")
         if not model.latent.has_components and (self.draw != "posterior" or self.temperature != 1.0):
@@ -100,7 +108,8 @@ class Posterior:
             self.check(options)
         if generator is None:
             generator = torch.Generator().manual_seed(0 if seed is None else seed)
-        x = self._raw(y, n * options.oversample, generator, options.draw, options.temperature, batch)
+        spec = DrawSpec(options.draw, options.temperature, options.within)
+        x = self._raw(y, n * options.oversample, generator, spec, batch)
         if options.refine_steps or options.oversample > 1:
             from .refine import refine, select_diverse
 
@@ -112,8 +121,7 @@ class Posterior:
         return x.cpu() if to_cpu else x
 
     @torch.no_grad()
-    def _raw(self, y: torch.Tensor, n: int, generator: torch.Generator, draw: str, temperature: float,
-             batch: int) -> torch.Tensor:
+    def _raw(self, y: torch.Tensor, n: int, generator: torch.Generator, spec: DrawSpec, batch: int) -> torch.Tensor:
         """One decoder pass per sample, in batches of about `batch` samples, in eval mode."""
         model = self.model
         was_training = model.training
@@ -125,7 +133,7 @@ class Posterior:
             weights = None
             if model.latent.has_components:  # all components chosen at once: independent of the batching
                 weights = torch.cat([model.component_weights(y[i : i + per]).cpu() for i in chunks])
-            draws = model.latent.draws(y, n, generator, weights, draw, temperature)
+            draws = model.latent.draws(y, n, generator, weights, spec)
             return torch.cat([model.decode(y[i : i + per], {k: v[i : i + per] for k, v in draws.items()}) for i in chunks])
         finally:
             model.train(was_training)

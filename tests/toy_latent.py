@@ -24,7 +24,7 @@ class PointLatent(LatentFamily):
         zero = recon.new_zeros(())
         return zero, recon, physics, {"kl": zero, "recon": recon}
 
-    def draws(self, y, n, generator, weights, draw, temperature):
+    def draws(self, y, n, generator, weights, spec):
         return {"slot": torch.zeros(y.shape[0], n)}  # nothing random: every sample is the point estimate
 
     def decode(self, model, y, p, draws):

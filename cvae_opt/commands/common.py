@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import optuna
 
-from ..config import DRAWS, REFINE_METHODS
+from ..config import DRAWS, REFINE_METHODS, WITHINS
 from ..errors import UserError
 from ..storage import DEFAULT_STORAGE, load_existing_study, open_storage
 
@@ -69,6 +69,9 @@ def add_sampling_args(ap: argparse.ArgumentParser) -> None:
                     help="posterior (default): hypotheses drawn by the model's weights r(c|y), for uncertainty; "
                     "coverage: every distinct hypothesis first, heaviest first, then repeats, for 'show me every "
                     "model that fits' (categorical and mixed latents)")
+    ap.add_argument("--within", choices=WITHINS, default="mean",
+                    help="mean (default): each drawn hypothesis' mean; spread: a draw within its learnt spread "
+                    "(hypotheses latent), e.g. distinct starts for refinement")
     ap.add_argument("--temperature", type=float, default=1.0, metavar="T",
                     help="draw hypotheses by weight^T renormalised: 1 = the posterior, 0 = every hypothesis "
                     "alike (categorical and mixed latents)")
@@ -77,4 +80,4 @@ def add_sampling_args(ap: argparse.ArgumentParser) -> None:
 def sampling_options(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments of `Generator.sample` from the options of `add_sampling_args` (it checks them)."""
     return {"refine": args.refine, "refine_method": args.refine_method, "refine_lr": args.refine_lr,
-            "oversample": args.oversample, "draw": args.draw, "temperature": args.temperature}
+            "oversample": args.oversample, "draw": args.draw, "temperature": args.temperature, "within": args.within}

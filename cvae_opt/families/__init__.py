@@ -20,7 +20,9 @@ set as its problems' `family`).
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any, ClassVar
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 if TYPE_CHECKING:
     import matplotlib.pyplot as plt
@@ -31,6 +33,16 @@ if TYPE_CHECKING:
 
 # metric names every family reports from the validation loss
 LOSS_METRICS = ("val_loss", "val_kl", "val_recon", "val_physics")
+
+
+@dataclass(frozen=True)
+class HypothesisSpace:
+    """The parameters theta in which a hypothesis of the `hypotheses` latent is a diagonal Gaussian:
+    `dims` numbers per model, `to_theta` x (..., *x_shape) -> (..., dims), `from_theta` its inverse."""
+
+    dims: int
+    to_theta: Callable[[Any], Any]
+    from_theta: Callable[[Any], Any]
 
 
 class ProblemFamily:
@@ -46,6 +58,12 @@ class ProblemFamily:
 
     def check_model(self, cfg: "ModelConfig", problem: Any, where: str = "model") -> None:
         """Refuse (UserError) a model config whose layers do not fit the problem's shapes."""
+
+    def hypothesis_space(self, cfg: "ModelConfig", problem: Any) -> HypothesisSpace:
+        """Where a hypothesis' learnt spread lives (the `hypotheses` latent): by default x itself, per value."""
+        shape = tuple(problem.x_shape)
+        return HypothesisSpace(math.prod(shape), lambda x: x.flatten(-len(shape)),
+                               lambda t: t.view(*t.shape[:-1], *shape))
 
     def x_scale(self, problem: Any) -> float:
         """The typical size of x: networks and the reconstruction loss see x / x_scale."""
@@ -118,4 +136,4 @@ def family_of(problem: Any) -> ProblemFamily:
                     f"set its `family` to one of {', '.join(FAMILIES)} or a ProblemFamily instance")
 
 
-__all__ = ["LOSS_METRICS", "ProblemFamily", "FAMILIES", "register", "family_of"]
+__all__ = ["LOSS_METRICS", "HypothesisSpace", "ProblemFamily", "FAMILIES", "register", "family_of"]

@@ -131,6 +131,16 @@ class LineFamily(ProblemFamily):
                 f"{conv_length(problem.n_points, cfg.kernels)}; their sizes minus one must add up to less than {problem.n_points}"
             )
 
+    def hypothesis_space(self, cfg: ModelConfig, problem: Any):
+        """The line head's four end points (x0 start, x0 end, x1 start, x1 end); the signal head's points."""
+        if cfg.head != "line":
+            return super().hypothesis_space(cfg, problem)
+        from . import HypothesisSpace
+
+        n = problem.n_points
+        return HypothesisSpace(4, lambda x: x[..., [0, -1], :].transpose(-1, -2).flatten(-2),
+                               lambda t: line_points(t, n))
+
     def x_scale(self, problem: Any) -> float:
         return 1.0
 

@@ -1,0 +1,151 @@
+"""The hypotheses latent (issue 25): K Gaussian hypotheses with learnt, y-dependent scales, trained by the
+exact mixture likelihood; draws take a hypothesis' mean or a draw within its spread."""
+
+import math
+
+import pytest
+import torch
+
+from cvae_opt.config import Config
+from cvae_opt.data import make_pairs
+from cvae_opt.errors import UserError
+from cvae_opt.models import build_model
+from cvae_opt.posterior import Posterior, SamplingOptions
+from cvae_opt.problems import TWO_BIRDS, resolve_problem
+from cvae_opt.train import train
+
+
+def cfg_for(arch="cvae_re", recognition="exact", head="line", **train_kw):
+    t = {"epochs": 1, "batch_size": 128, "eval_conditions": 8, "eval_samples": 4, "lr": 1e-3, "beta": 1.0,
+         "w_x": 1.0, "w_y": 0.0, "device": "cpu"}
+    t.update(train_kw)
+    return Config.from_dict({
+        "data": {"train_size": 1024, "val_size": 64, "fresh": True},
+        "model": {"arch": arch, "latent_type": "hypotheses", "components": 5, "hidden": 32, "prior_hidden": 32,
+                  "channels": [4], "kernels": [5], "recognition": recognition, "head": head},
+        "train": t,
+    })
+
+
+@pytest.fixture(scope="module")
+def batch():
+    p = make_pairs(TWO_BIRDS, 16, seed=3, cache_dir=None)
+    return p.x, p.y
+
+
+def direct_mixture_nll(model, x, y):
+    """-log sum_c r(c|y) N(ends(x); mu_c(y), diag(sigma_c(y))^2), computed here from the networks' outputs."""
+    out = model(x, y)
+    ends_x = torch.stack([x[:, 0, 0], x[:, -1, 0], x[:, 0, 1], x[:, -1, 1]], dim=-1)  # (B, 4)
+    xa = out["x_all"]
+    mu = torch.stack([xa[:, :, 0, 0], xa[:, :, -1, 0], xa[:, :, 0, 1], xa[:, :, -1, 1]], dim=-1)  # (B, K, 4)
+    sigma = torch.exp(model.latent_net(y))
+    normal = torch.distributions.Normal(mu, sigma)
+    log_n = normal.log_prob(ends_x.unsqueeze(1)).sum(-1)  # (B, K)
+    log_r = torch.log_softmax(model.prior_params(y)["logits"], dim=-1)
+    return -torch.logsumexp(log_r + log_n, dim=1).mean()
+
+
+@pytest.mark.parametrize("arch", ["cvae_re", "cvae"])
+def test_the_loss_is_the_exact_mixture_likelihood(batch, arch):
+    x, y = batch
+    cfg = cfg_for(arch)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, TWO_BIRDS)
+    with torch.no_grad():  # scales that differ by hypothesis and end point, so the check is not of a constant
+        model.latent_net.out.bias.copy_(torch.linspace(-2.0, 0.5, model.latent_net.out.bias.numel()))
+    loss, parts = model.loss(x, y, TWO_BIRDS, cfg.train, beta=1.0)
+    assert torch.allclose(loss, direct_mixture_nll(model, x, y), rtol=1e-5, atol=1e-5)
+    assert {"kl", "recon", "kl_components", "hypothesis_sigma", "loss"} <= set(parts)
+
+
+def test_the_scales_get_gradients_and_stay_finite(batch):
+    x, y = batch
+    cfg = cfg_for()
+    model = build_model(cfg.model, TWO_BIRDS)
+    with torch.no_grad():
+        model.latent_net.out.bias.fill_(-30.0)  # far below the floor: clamped, the loss stays finite
+    loss, _ = model.loss(x, y, TWO_BIRDS, cfg.train, beta=1.0)
+    assert torch.isfinite(loss)
+    with torch.no_grad():
+        model.latent_net.out.bias.fill_(-1.0)
+    loss, _ = model.loss(x, y, TWO_BIRDS, cfg.train, beta=1.0)
+    loss.backward()
+    g = model.latent_net.out.bias.grad
+    assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+def test_draws_within_a_hypothesis_follow_its_scale():
+    cfg = cfg_for()
+    model = build_model(cfg.model, TWO_BIRDS)
+    log_sigma = torch.tensor([-5.0, -4.0, -3.0, -6.0])
+    with torch.no_grad():
+        model.latent_net.out.bias.copy_(log_sigma.repeat(5))  # every hypothesis: these four end-point scales
+        model.prior.head.logits.weight.zero_()  # r(c | y): all weight on hypothesis 2, so every draw is of it
+        model.prior.head.logits.bias.copy_(torch.tensor([0.0, 0.0, 60.0, 0.0, 0.0]))
+    y = make_pairs(TWO_BIRDS, 2, seed=5, cache_dir=None).y
+    post = Posterior(model, TWO_BIRDS)
+    ends = lambda t: torch.stack([t[..., 0, 0], t[..., -1, 0], t[..., 0, 1], t[..., -1, 1]], dim=-1)  # noqa: E731
+    mean = ends(post.sample(y, 3, seed=1).double())  # (2, 3, 4): the hypothesis' mean, three times
+    assert torch.equal(mean[:, 0], mean[:, 2])
+    draws = ends(post.sample(y, 4000, SamplingOptions(within="spread"), seed=2).double())  # (2, 4000, 4)
+    d = draws - mean[:, :1]
+    sigma = torch.exp(log_sigma).double()
+    assert torch.allclose(d.std(1), sigma.expand(2, 4), rtol=0.06), d.std(1)
+    assert (d.mean(1).abs() < 4 * sigma / math.sqrt(4000)).all()
+    # and the draws keep straight lines: every sample is the line through its drawn end points
+    x = post.sample(y, 5, SamplingOptions(within="spread"), seed=3).double()
+    t = torch.linspace(0, 1, 50, dtype=torch.float64)
+    e = ends(x)
+    assert torch.allclose(x[..., 0], e[..., :1] + (e[..., 1:2] - e[..., :1]) * t, atol=1e-5)
+
+
+def test_spread_draws_need_a_family_with_a_spread():
+    gauss = build_model(Config.from_dict({"model": {"latent_type": "gaussian", "channels": [4], "kernels": [5],
+                                                    "hidden": 16}}).model, TWO_BIRDS)
+    with pytest.raises(UserError, match="has no learnt spread to draw within"):
+        Posterior(gauss, TWO_BIRDS).sample(torch.zeros(1, 50, 2), 2, SamplingOptions(within="spread"))
+
+
+@pytest.mark.parametrize("head", ["line", "signal"])
+def test_training_sharpens_the_hypotheses(head):
+    cfg = cfg_for(head=head, epochs=3, eval_within="spread")
+    res = train(cfg)
+    h = res.history
+    assert h[-1]["train_loss"] < h[0]["train_loss"]
+    assert h[-1]["train_hypothesis_sigma"] < h[0]["train_hypothesis_sigma"]  # scales start broad and sharpen
+    assert {"mode_precision", "mode_recall", "score"} <= set(h[-1])
+
+
+def test_a_field_problem_takes_the_hypotheses_latent_per_cell():
+    problem = resolve_problem("gravity2d")
+    cfg = Config.from_dict({"model": {"latent_type": "hypotheses", "components": 3, "body": "mlp", "hidden": 32,
+                                      "prior_hidden": 32}})
+    model = build_model(cfg.model, problem)
+    assert model.latent_net.out.out_features == 3 * 16 * 32
+    y = problem(problem.draw_prior(2, torch.Generator().manual_seed(0), torch.float32))
+    x = Posterior(model, problem).sample(y, 4, SamplingOptions(within="spread"), seed=0)
+    assert x.shape == (2, 4, 16, 32) and torch.isfinite(x).all()
+
+
+def test_a_checkpoint_reloads_and_generate_records_the_within_option(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from cvae_opt.checkpoints import load_checkpoint, save_checkpoint
+
+    cfg = cfg_for()
+    res = train(cfg)
+    f = save_checkpoint(tmp_path / "h.pt", res.model, cfg)
+    loaded, _, _ = load_checkpoint(f)
+    y = make_pairs(TWO_BIRDS, 3, seed=8, cache_dir=None).y
+    spread = SamplingOptions(within="spread")
+    assert torch.equal(Posterior(loaded, TWO_BIRDS).sample(y, 4, spread, seed=0),
+                       Posterior(res.model, TWO_BIRDS).sample(y, 4, spread, seed=0))
+    r = subprocess.run([sys.executable, "-m", "cvae_opt.generate", "--checkpoint", str(f), "--conditions",
+                        "two_birds:scoring", "--samples", "3", "--within", "spread", "--out", str(tmp_path / "s.pt")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((tmp_path / "s.pt.json").read_text())
+    assert meta["within"] == "spread" and meta["latent_type"] == "hypotheses"
