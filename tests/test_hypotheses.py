@@ -59,6 +59,19 @@ def test_the_loss_is_the_exact_mixture_likelihood(batch, arch):
     assert {"kl", "recon", "kl_components", "hypothesis_sigma", "loss"} <= set(parts)
 
 
+def test_encoder_recognition_trains_the_same_likelihood_bound(batch):
+    """With q(c | x, y) from the encoder the loss is an upper bound on the mixture NLL, tight at exact q."""
+    x, y = batch
+    torch.manual_seed(1)
+    enc = build_model(cfg_for(recognition="encoder").model, TWO_BIRDS)
+    exact = build_model(cfg_for(recognition="exact").model, TWO_BIRDS)
+    exact.load_state_dict({k: v for k, v in enc.state_dict().items() if not k.startswith("encoder.")})
+    bound, parts = enc.loss(x, y, TWO_BIRDS, cfg_for(recognition="encoder").train, beta=1.0)
+    tight, _ = exact.loss(x, y, TWO_BIRDS, cfg_for().train, beta=1.0)
+    assert torch.isfinite(bound) and float(bound) >= float(tight) - 1e-5
+    assert torch.allclose(tight, direct_mixture_nll(exact, x, y), rtol=1e-5, atol=1e-5)
+
+
 def test_the_scales_get_gradients_and_stay_finite(batch):
     x, y = batch
     cfg = cfg_for()
