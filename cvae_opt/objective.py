@@ -7,7 +7,6 @@ attributes, and uploads a checkpoint and a samples plot to the artifact store.
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 import tempfile

@@ -5,7 +5,6 @@ trials. Workers beyond the first are processes running the equivalent command on
 
 from __future__ import annotations
 
-import os
 import shlex
 import signal
 import subprocess
