@@ -89,20 +89,10 @@ class LossContext:
     tc: TrainConfig
     beta: float
     generator: torch.Generator | None = None
-
-    @property
-    def x_var(self) -> float:
-        """x in units of the prior's scale (the problem family's): reconstruction errors are divided by this."""
-        from .families import family_of
-
-        return family_of(self.problem).x_scale(self.problem) ** 2
-
-    @property
-    def y_var(self) -> float:
-        """y in units of the noise (the family's; 1 for line problems): the physics term is chi-squared per datum."""
-        from .families import family_of
-
-        return family_of(self.problem).y_scale(self.problem) ** 2
+    # x in units of the prior's scale, y in units of the noise (the problem family's scales, squared):
+    # reconstruction errors are divided by x_var, the physics term by y_var (chi-squared per datum)
+    x_var: float = 1.0
+    y_var: float = 1.0
 
     @property
     def physics_off(self) -> bool:
@@ -114,6 +104,24 @@ class LossContext:
 def normal(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Standard-normal draws of `shape` on like's device and dtype, from `generator` (None: torch's global)."""
     return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+def reparametrise(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """z = mu + eps * sigma, sigma = exp(logvar / 2): a Gaussian draw that gradients flow through."""
+    return mu + eps * torch.exp(0.5 * logvar)
+
+
+def sample_gaussian(params: dict[str, torch.Tensor], generator: torch.Generator | None) -> torch.Tensor:
+    """One draw per row from the Gaussian `params` (mu, logvar) give, the noise from `generator`."""
+    return reparametrise(params["mu"], params["logvar"], normal(params["mu"].shape, params["mu"], generator))
+
+
+def gaussian_kl(out: dict[str, torch.Tensor], free_bits: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """KL(q || r) of the Gaussian part of a recognition pass, per batch: (as reported, as optimised with
+    free bits per dimension)."""
+    kl_dims = kl_gaussians(out["mu_q"], out["logvar_q"], out["mu_p"], out["logvar_p"])
+    kl = kl_dims.sum(1).mean()
+    return kl, (torch.clamp(kl_dims.mean(0), min=free_bits).sum() if free_bits > 0 else kl)
 
 
 def kl_gaussians(mu_q: torch.Tensor, lv_q: torch.Tensor, mu_p: torch.Tensor, lv_p: torch.Tensor) -> torch.Tensor:
@@ -229,15 +237,12 @@ class GaussianLatent(LatentFamily):
 
     def recognise(self, model, x, y, q, p, generator):
         out = {f"{k}_q": v for k, v in q.items()} | {f"{k}_p": v for k, v in p.items()}
-        z = q["mu"] + normal(q["mu"].shape, q["mu"], generator) * torch.exp(0.5 * q["logvar"])
-        out["x_hat"] = model.decoder(z, y)
+        out["x_hat"] = model.decoder(sample_gaussian(q, generator), y)
         return out
 
     def terms(self, model, out, x, y, ctx):
         tc = ctx.tc
-        kl_dims = kl_gaussians(out["mu_q"], out["logvar_q"], out["mu_p"], out["logvar_p"])
-        kl = kl_dims.sum(1).mean()
-        kl_opt = torch.clamp(kl_dims.mean(0), min=tc.free_bits).sum() if tc.free_bits > 0 else kl
+        kl, kl_opt = gaussian_kl(out, tc.free_bits)
         recon = model.reconstruction_nll(F.mse_loss(out["x_hat"], x) / ctx.x_var)
         parts = {"kl": kl, "recon": recon}
         physics = None
@@ -258,8 +263,7 @@ class GaussianLatent(LatentFamily):
 
     def decode(self, model, y, p, draws):
         m, n = draws["eps"].shape[:2]
-        eps = draws["eps"].to(y)
-        z = p["mu"].unsqueeze(1) + eps * torch.exp(0.5 * p["logvar"]).unsqueeze(1)
+        z = reparametrise(p["mu"].unsqueeze(1), p["logvar"].unsqueeze(1), draws["eps"].to(y))
         return model.decoder(z.reshape(m * n, -1), repeat_rows(y, n)).view(m, n, *model.x_shape)
 
 
@@ -354,8 +358,7 @@ class CategoricalLatent(LatentFamily):
         m, n = c.shape
         z = None
         if "eps" in draws:
-            eps = draws["eps"].to(y)
-            z = (p["mu"].unsqueeze(1) + eps * torch.exp(0.5 * p["logvar"]).unsqueeze(1)).reshape(m * n, -1)
+            z = reparametrise(p["mu"].unsqueeze(1), p["logvar"].unsqueeze(1), draws["eps"].to(y)).reshape(m * n, -1)
         return model.decoder(z, repeat_rows(y, n), c.to(y.device).reshape(-1)).view(m, n, *model.x_shape)
 
 
@@ -371,19 +374,16 @@ class MixedLatent(CategoricalLatent):
         return True  # the Gaussian part is recognised by the encoder even with exact component recognition
 
     def _gaussian_z(self, q, generator):
-        return q["mu"] + normal(q["mu"].shape, q["mu"], generator) * torch.exp(0.5 * q["logvar"])
+        return sample_gaussian(q, generator)
 
     def _gaussian_kl(self, out, tc):
-        kl_dims = kl_gaussians(out["mu_q"], out["logvar_q"], out["mu_p"], out["logvar_p"])
-        kl = kl_dims.sum(1).mean()
-        kl_opt = torch.clamp(kl_dims.mean(0), min=tc.free_bits).sum() if tc.free_bits > 0 else kl
+        kl, kl_opt = gaussian_kl(out, tc.free_bits)
         return kl, kl_opt, {"kl_gaussian": kl}
 
     def _generated(self, model, out, y, ctx):
         # every hypothesis through the generation path, with one z ~ r(z|y) per y
         p = {k[:-2]: v for k, v in out.items() if k.endswith("_p")}
-        z = p["mu"] + normal(p["mu"].shape, p["mu"], ctx.generator) * torch.exp(0.5 * p["logvar"])
-        return model.decoder(z, y), torch.log_softmax(p["logits"], dim=-1)
+        return model.decoder(sample_gaussian(p, ctx.generator), y), torch.log_softmax(p["logits"], dim=-1)
 
     def draws(self, y, n, generator, weights, spec):
         eps = torch.randn(y.shape[0], n, self.gaussian_dims, generator=generator)  # first, as ever: same streams

@@ -50,6 +50,7 @@ class CVAE(nn.Module):
         self.n_points, self.k = problem.n_points, problem.k
         self.x_shape = tuple(problem.x_shape)
         family = family_of(problem)
+        self.x_var, self.y_var = family.x_scale(problem) ** 2, family.y_scale(problem) ** 2  # the loss's units
         encoder, decoder = family.bodies(problem)
         self.encoder = encoder(cfg, problem, self.latent) if self.latent.needs_encoder else None
         self.decoder = decoder(cfg, problem, self.latent)
@@ -94,7 +95,7 @@ class CVAE(nn.Module):
         The physics term runs the forward problem on decoded x inside the graph and penalises the misfit to
         y, on reconstructions and on samples drawn through the generation path, so it trains the path users
         sample from (the latent family says how). `generator`: the run's own random generator."""
-        ctx = LossContext(problem, tc, beta, generator)
+        ctx = LossContext(problem, tc, beta, generator, self.x_var, self.y_var)
         out = self(x, y, generator)
         kl_opt, recon, physics, parts = self.latent.terms(self, out, x, y, ctx)
         if self.log_scale is not None:
