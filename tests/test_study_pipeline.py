@@ -313,3 +313,42 @@ def test_a_refined_objective_is_pruned_on_its_cheap_estimate(tmp_path):
     trials = study_of(tmp_path, "est").trials
     assert [t.state for t in trials] == [optuna.trial.TrialState.PRUNED] * 2
     assert all(list(t.intermediate_values) == [1] and 0 <= t.intermediate_values[1] <= 1 for t in trials)
+
+
+def test_full_budget_rungs_prune_and_the_study_resumes(tmp_path):
+    """Successive halving with its top rung at the full budget (rungs 1, 3, 9 of 9 epochs, as the shipped
+    cvae_re study's 3, 9, 27, 81, 243): trials stop at a rung below the budget, the promoted ones train
+    every epoch to the end, and a second run adds trials to the same study, competing with the recorded
+    rung values and leaving the earlier trials as they were."""
+    f = write_study(tmp_path / "sha.yaml", name="sha", budget={"epochs": 9},
+                    pruner={"name": "successive_halving", "args": {"min_resource": 1, "reduction_factor": 3}})
+    r = cli("run", "--study", f, "--trials", 6, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    first = study_of(tmp_path, "sha").trials
+    states = [t.state for t in first]
+    complete = [t for t in first if t.state == optuna.trial.TrialState.COMPLETE]
+    pruned = [t for t in first if t.state == optuna.trial.TrialState.PRUNED]
+    assert states[0] == optuna.trial.TrialState.COMPLETE  # the first trial at every rung is the best so far
+    assert pruned and all(t.user_attrs["pruned_at_epoch"] in (1, 3) for t in pruned)
+    assert all(sorted(t.intermediate_values) == list(range(1, 10)) for t in complete)
+    assert all(max(t.intermediate_values) == t.user_attrs["pruned_at_epoch"] for t in pruned)
+    r = cli("run", "--study", f, "--trials", 3, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "6 trials so far" in r.stdout
+    again = study_of(tmp_path, "sha").trials
+    assert len(again) == 9
+    assert [(t.state, t.params, t.intermediate_values) for t in again[:6]] == [
+        (t.state, t.params, t.intermediate_values) for t in first]
+    assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in again[6:])
+
+
+def test_the_shipped_cvae_re_study_prunes_up_to_its_full_budget():
+    """The default study's successive-halving rungs (min_resource x reduction_factor^k) end exactly at its
+    epoch budget, so its best trials train as long as the best models need (issue 25)."""
+    from cvae_opt.studies import load_study_file
+
+    spec = load_study_file("cvae_re")
+    args, budget = spec.pruner["args"], spec.epochs
+    rungs = [args["min_resource"] * args["reduction_factor"] ** k for k in range(10)]
+    assert spec.pruner["name"] == "successive_halving" and budget in rungs and budget >= 200
+    assert "hypotheses" in {p.name: p for p in spec.search}["latent_type"].choices
