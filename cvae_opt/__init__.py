@@ -6,7 +6,7 @@ The Python API (see `cvae_opt.api`; the commands call the same functions):
     load_study(name, storage=...)              an existing study (optuna.Study)
     best_config(study)                         the best trial's complete config, as `cvae-opt export`
     train_config(config, out=...)              train from scratch, as `cvae-opt retrain` -> Generator
-    load_generator(checkpoint)                 a checkpoint as a Generator
+    load_generator(checkpoint, problem=)       a checkpoint as a Generator (problem=: its import path, if it has one)
     Generator.sample(y, n, draw=, refine=, oversample=)   models for measurements, as `cvae-opt generate`
     score_samples(samples, truth=...)          the metrics of `cvae-opt evaluate`
     plot_samples(samples)                      the samples figure

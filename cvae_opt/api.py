@@ -148,11 +148,15 @@ class Generator:
         return save_checkpoint(path, self.model, self.config, self.metrics)
 
 
-def load_generator(checkpoint: str | Path, device: str = "cpu") -> Generator:
-    """A checkpoint written by a trial, `report` (best_model.pt), `retrain` or `Generator.save`."""
+def load_generator(checkpoint: str | Path, device: str = "cpu", *, problem: str | None = None,
+                   latent_type: str | None = None) -> Generator:
+    """A checkpoint written by a trial, `report` (best_model.pt), `retrain` or `Generator.save`. A checkpoint
+    whose config names its problem or latent type by import path (`package.module:attr`) loads only when
+    `problem=` / `latent_type=` give the same spec: a file never picks the code that runs."""
     from .devices import resolve_device
 
-    model, cfg, payload = load_checkpoint(checkpoint, resolve_device(device))
+    model, cfg, payload = load_checkpoint(checkpoint, resolve_device(device), problem=problem, latent_type=latent_type)
+    # the problem load_checkpoint checked (and built the model for)
     return Generator(model, cfg, resolve_problem(cfg.data.problem), payload.get("metrics", {}), source=str(checkpoint))
 
 

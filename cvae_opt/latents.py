@@ -478,6 +478,15 @@ for _family in (GaussianLatent, CategoricalLatent, MixedLatent, HypothesesLatent
     register(_family)
 
 
+def check_stored_latent(stored: str, given: str | None, where: str) -> None:
+    """A `model.latent_type` read from a file (a checkpoint's config): a registered name, or an import path
+    the user gives too (`given`: --latent-type, latent_type=); see `problems.check_stored_spec`."""
+    from .problems import check_stored_spec
+
+    check_stored_spec(stored, given, builtin=stored in FAMILIES, what="model.latent_type", where=where,
+                      option="--latent-type", keyword="latent_type")
+
+
 def latent_family(cfg: ModelConfig) -> LatentFamily:
     """The family `cfg.latent_type` names (a registered name or 'package.module:Class'), built for this config."""
     name = cfg.latent_type

@@ -18,6 +18,7 @@ networks and the loss work in).
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
@@ -293,6 +294,51 @@ def resolve_problem(spec: str | Problem) -> Problem:
         problem = LineProblem(name=spec, forward=obj, k=check_line_forward(spec, obj, 50))
     _PROBED[spec] = (obj, problem)
     return problem
+
+
+# what `package.module:attr` may look like when read from a file and shown back in a message
+IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*", re.ASCII)
+
+
+def check_stored_spec(stored: str, given: str | None, *, builtin: bool, what: str, where: str, option: str,
+                      keyword: str) -> None:
+    """The one rule for a spec read from a file (a checkpoint's config, a submission's metadata) that
+    picks code: importing `package.module:attr` runs that module, so nothing from a file decides which
+    code runs. A file's built-in name (`builtin`) is used as it is; its import path only when the user gives
+    the same spec (`option` on the command line, `keyword=` in the API); a given spec must be the stored
+    one. Anything else is a UserError naming the fix. A stored name without ':' is left to its resolver
+    (an unknown name imports nothing)."""
+    if given is not None:
+        if given == stored:
+            return  # the user's own spec: they chose to run it
+        fix = f"drop {option} or pass {option} {stored}" if builtin else (
+            f"pass {option} {stored} (or {keyword}={stored!r}) if you trust it" if IMPORT_PATH.fullmatch(stored)
+            else "it cannot be loaded")
+        raise UserError(f"{where} names {what} {stored!r}, but {option} (or {keyword}=) gives {given!r}; {fix}")
+    if builtin or ":" not in stored:
+        return
+    if not IMPORT_PATH.fullmatch(stored):
+        raise UserError(f"{where} names {what} {stored!r}: neither a built-in name nor an import path "
+                        "'package.module:attr'; refused")
+    raise UserError(f"{where} names {what} {stored!r} by import path; loading it would run that code. "
+                    f"If you trust it, pass {option} {stored} (or {keyword}={stored!r})")
+
+
+def is_builtin_problem(name: str) -> bool:
+    return name in BUILTIN or name in LAZY
+
+
+def check_stored_problem(stored: str, given: str | None, where: str) -> None:
+    """A problem a file names (`where`: e.g. 'checkpoint PATH'), by `check_stored_spec`: a built-in
+    name, or an import path the user gives too (`given`: --problem, problem=)."""
+    check_stored_spec(stored, given, builtin=is_builtin_problem(stored), what="problem", where=where,
+                      option="--problem", keyword="problem")
+
+
+def resolve_stored_problem(stored: str, given: str | None, where: str) -> Problem:
+    """`check_stored_problem`, then the problem."""
+    check_stored_problem(stored, given, where)
+    return resolve_problem(stored)
 
 
 def supports_forward_mode(problem: Problem) -> bool:

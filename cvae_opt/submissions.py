@@ -11,7 +11,7 @@ import torch
 from .data import Pairs, load_pairs
 from .errors import UserError
 from .families import family_of
-from .problems import Problem
+from .problems import Problem, resolve_problem, resolve_stored_problem
 
 
 def group_by_condition(pairs: Pairs, where: str = "submission") -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,6 +56,16 @@ def problem_of(submission: str) -> str | None:
     except (ValueError, OSError, AttributeError):
         return None
     return value if isinstance(value, str) else None
+
+
+def submission_problem(submission: str, given: str | None = None) -> Problem:
+    """The problem to score a submission against: the one its metadata (SUBMISSION.json) names, else
+    `given` (--problem), else two_birds. The metadata is a file, so it picks no code: its built-in name
+    is used, its import path only when `given` is the same spec (`problems.check_stored_spec`)."""
+    stored = problem_of(submission)
+    if stored is None:
+        return resolve_problem(given or "two_birds")
+    return resolve_stored_problem(stored, given, f"submission metadata {submission}.json")
 
 
 def truth_models(y: torch.Tensor, truth: str | Path | Pairs, problem: Problem) -> torch.Tensor:

@@ -64,10 +64,14 @@ def test_a_study_export_retrain_generate_with_a_toy_problem_family_and_a_toy_lat
 
     conds = make_pairs(PRODUCT, 6, seed=99, cache_dir=None)
     save_pairs(tmp_path / "conds.pt", conds, challenge_layout=False)
+    # a checkpoint names its problem and latent by import path: they load only when the user gives the same specs
     r = cli("generate", "--checkpoint", "point/checkpoint.pt", "--conditions", "conds.pt", "--samples", 5,
             "--out", "sub.pt", cwd=tmp_path)
+    assert r.returncode == 2 and "pass --problem toy_problem:PRODUCT" in r.stderr, r.stderr
+    r = cli("generate", "--checkpoint", "point/checkpoint.pt", "--conditions", "conds.pt", "--samples", 5,
+            "--out", "sub.pt", "--problem", "toy_problem:PRODUCT", "--latent-type", "toy_latent:PointLatent", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    r = cli("evaluate", "--submission", "sub.pt", "--truth", "conds.pt", cwd=tmp_path)
+    r = cli("evaluate", "--submission", "sub.pt", "--truth", "conds.pt", "--problem", "toy_problem:PRODUCT", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     scores = json.loads(r.stdout)
     assert scores["problem"] == "toy_product" and scores["samples_per_condition"] == 5

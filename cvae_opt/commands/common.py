@@ -55,6 +55,21 @@ def study_from_args(args: argparse.Namespace) -> optuna.Study:
     return load_existing_study(open_storage(args.storage), args.study, args.storage)
 
 
+def add_checkpoint_trust_args(ap: argparse.ArgumentParser) -> None:
+    """--problem and --latent-type for commands that load a checkpoint: a checkpoint is a file, so an
+    import path in its config loads only when the user gives the same spec here."""
+    ap.add_argument("--problem", metavar="MODULE:ATTR",
+                    help="the checkpoint's problem when its config names one by import path (checked equal to it; "
+                    "without it only built-in problems load, since importing runs that module's code)")
+    ap.add_argument("--latent-type", metavar="MODULE:CLASS",
+                    help="the same for a model.latent_type given by import path")
+
+
+def checkpoint_trust(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of `load_generator` / `load_checkpoint` from `add_checkpoint_trust_args`."""
+    return {"problem": args.problem, "latent_type": args.latent_type}
+
+
 def add_sampling_args(ap: argparse.ArgumentParser) -> None:
     """The sampling pipeline's options, the same for every command that draws samples."""
     ap.add_argument("--refine", type=int, default=0, metavar="STEPS",

@@ -12,8 +12,7 @@ import json
 import sys
 
 from .common import run_main
-from ..problems import resolve_problem
-from ..submissions import evaluate_file, problem_of
+from ..submissions import evaluate_file, submission_problem
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,12 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--submission", required=True, help="TensorDataset of (generated x, given y), each (N, 1, 50, 2), or a built-in name such as two_birds:submission-sample")
     ap.add_argument("--problem", help="built-in name or package.module:callable (default: the one in the submission's "
-                    "metadata, SUBMISSION.json, else two_birds)")
+                    "metadata, SUBMISSION.json, else two_birds); metadata naming an import path is used only when "
+                    "--problem gives the same one")
     ap.add_argument("--truth", help="file of (true x, y) pairs (or two_birds:scoring, gravity2d:test): truth_recall for line "
                     "problems, calibration (interval coverage, SBC, energy score) for field problems")
     args = ap.parse_args(argv)
-    problem = args.problem or problem_of(args.submission) or "two_birds"
-    result = evaluate_file(args.submission, resolve_problem(problem), args.truth)
+    result = evaluate_file(args.submission, submission_problem(args.submission, args.problem), args.truth)
     json.dump(result, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0

@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from ..api import load_generator
-from .common import add_sampling_args, run_main, sampling_options
+from .common import add_checkpoint_trust_args, add_sampling_args, checkpoint_trust, run_main, sampling_options
 from ..errors import UserError
 
 
@@ -27,10 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch", type=int, default=8192, help="samples per decoder pass")
     add_sampling_args(ap)
+    add_checkpoint_trust_args(ap)
     args = ap.parse_args(argv)
     if args.samples < 1:
         raise UserError(f"--samples must be a positive integer, got {args.samples}")
-    gen = load_generator(args.checkpoint, args.device)
+    gen = load_generator(args.checkpoint, args.device, **checkpoint_trust(args))
     samples = gen.sample(args.conditions, args.samples, seed=args.seed, batch=args.batch, **sampling_options(args))
     samples.save(args.out)
     opts = f", refined {args.refine} {args.refine_method} steps" if args.refine else ""

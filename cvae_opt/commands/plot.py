@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from ..api import conditions, load_generator, plot_samples
-from .common import add_sampling_args, run_main, sampling_options
+from .common import add_checkpoint_trust_args, add_sampling_args, checkpoint_trust, run_main, sampling_options
 from ..errors import UserError
 from ..figures import save_figure
 
@@ -31,10 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=30, help="samples per y, default 30")
     ap.add_argument("--seed", type=int, default=0)
     add_sampling_args(ap)
+    add_checkpoint_trust_args(ap)
     args = ap.parse_args(argv)
     if args.n < 1 or args.samples < 1:
         raise UserError("--n and --samples must be positive")
-    gen = load_generator(args.checkpoint)
+    gen = load_generator(args.checkpoint, **checkpoint_trust(args))
     y = conditions(args.conditions, gen.problem)[: args.n]
     samples = gen.sample(y, args.samples, seed=args.seed, **sampling_options(args))
     how = "raw" if not (args.refine or args.oversample > 1) else (

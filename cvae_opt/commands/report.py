@@ -28,7 +28,7 @@ from optuna.artifacts import download_artifact  # noqa: E402
 
 from .. import importance  # noqa: E402
 from ..checkpoints import load_checkpoint  # noqa: E402
-from .common import add_study_args, run_main, study_from_args  # noqa: E402
+from .common import add_checkpoint_trust_args, add_study_args, checkpoint_trust, run_main, study_from_args  # noqa: E402
 from ..data import load_validation  # noqa: E402
 from ..errors import UserError  # noqa: E402
 from ..files import atomic_write, atomic_write_text  # noqa: E402
@@ -111,9 +111,11 @@ class BestArtifacts:
     notes: list[str] = field(default_factory=list)
 
 
-def best_artifacts(study: optuna.Study, out: Path, storage_url: str, artifacts_dir: str) -> BestArtifacts:
+def best_artifacts(study: optuna.Study, out: Path, storage_url: str, artifacts_dir: str,
+                   trust: dict[str, Any] | None = None) -> BestArtifacts:
     """Write the best trial's config and checkpoint, and draw its samples for the first validation
-    conditions (only the validation pairs are rebuilt, not the training set)."""
+    conditions (only the validation pairs are rebuilt, not the training set). The checkpoint is a file: an
+    import path in its config loads only as `trust` (--problem, --latent-type) gives it."""
     try:
         trial = best_trial(study)
     except UserError as exc:
@@ -134,8 +136,8 @@ def best_artifacts(study: optuna.Study, out: Path, storage_url: str, artifacts_d
             return best
         atomic_write(out / "best_model.pt", lambda fh: fh.write(dst.read_bytes()))
     best.files.append("best_model.pt")
-    model, cfg, _ = load_checkpoint(out / "best_model.pt")
-    problem = resolve_problem(cfg.data.problem)
+    model, cfg, _ = load_checkpoint(out / "best_model.pt", **(trust or {}))
+    problem = resolve_problem(cfg.data.problem)  # the one load_checkpoint checked
     val = load_validation(cfg.data, problem)
     fig = samples_figure(model, problem, val.y[:4], n_samples=30, seed=0, title=f"best trial {trial.number}", truth=val.x[:4])
     save_figure(fig, out / "samples.png")
@@ -218,13 +220,13 @@ def contour(page: Page, study: optuna.Study, metrics: list[str], top: list[str])
     )
 
 
-def write(study: optuna.Study, out: Path, storage_url: str, artifacts_dir: str) -> Path:
+def write(study: optuna.Study, out: Path, storage_url: str, artifacts_dir: str, trust: dict[str, Any] | None = None) -> Path:
     """The whole report: files of the best trial, trials.csv, plots, importances; returns index.html."""
     out.mkdir(parents=True, exist_ok=True)
     metrics = study.user_attrs.get("metrics", ["objective"])
     page = Page(out)
     atomic_write_text(out / "trials.csv", study.trials_dataframe().to_csv(index=False))
-    best = best_artifacts(study, out, storage_url, artifacts_dir)
+    best = best_artifacts(study, out, storage_url, artifacts_dir, trust)
     page.files += ["trials.csv", *best.files]
     states = {st.name.lower(): 0 for st in optuna.trial.TrialState}
     for t in study.get_trials(deepcopy=False):
@@ -267,10 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     add_study_args(ap)
     ap.add_argument("--artifacts", help=f"artifact folder (default: the one the study recorded, else {DEFAULT_ARTIFACTS})")
     ap.add_argument("--out", help="output folder (default reports/<study>)")
+    add_checkpoint_trust_args(ap)
     args = ap.parse_args(argv)
     study = study_from_args(args)
     artifacts = args.artifacts or study.user_attrs.get("artifacts", DEFAULT_ARTIFACTS)
-    index = write(study, Path(args.out or Path("reports") / args.study), args.storage, artifacts)
+    index = write(study, Path(args.out or Path("reports") / args.study), args.storage, artifacts, checkpoint_trust(args))
     print(f"wrote {index}")
     return 0
 
