@@ -110,9 +110,19 @@ def _fmt_elapsed(seconds: float) -> str:
 class Progress:
     """One line per finished trial: count, its result, the best so far, the state counts, elapsed."""
 
-    def __init__(self, spec: StudySpec, total: int, start_finished: int, quiet: bool):
-        self.spec, self.total, self.start, self.quiet = spec, total, start_finished, quiet
+    def __init__(self, spec: StudySpec, total: int, start_finished: int, quiet: bool, timeout: float | None = None):
+        self.spec, self.total, self.start, self.quiet, self.timeout = spec, total, start_finished, quiet, timeout
         self.t0 = time.perf_counter()
+
+    def eta(self, elapsed: float, done: int) -> str:
+        """Time left: the trials left at the pace so far, or the --timeout left if that ends sooner (no new
+        trial starts after it; the running one still finishes)."""
+        if not 0 < done < self.total:
+            return ""
+        left = elapsed / done * (self.total - done)
+        if self.timeout is not None and self.timeout - elapsed < left:
+            return f", timeout in {_fmt_elapsed(max(self.timeout - elapsed, 0.0))}"
+        return f", ETA {_fmt_elapsed(left)}"
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if self.quiet:
@@ -132,7 +142,7 @@ class Progress:
             b = best_trial_or_none(study)
             best = f"best {b.value:.4g} (trial {b.number})" if b else "no complete trial yet"
         elapsed = time.perf_counter() - self.t0
-        eta = f", ETA {_fmt_elapsed(elapsed / max(done, 1) * max(self.total - done, 0))}" if 0 < done < self.total else ""
+        eta = self.eta(elapsed, done)
         print(
             f"[{done:>{len(str(self.total))}}/{self.total}] trial {trial.number} {trial.state.name.lower()}: {res} | "
             f"{best} | {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed | "
@@ -297,7 +307,7 @@ def optimize(study: optuna.Study, w: Worker, children: list[subprocess.Popen], s
         dropped = trials_optimize(
             study, w.objective, _share(w.options.trials, w.options.jobs, w.index), w.options.timeout,
             catch=(NonFiniteLoss, UserError, ArtifactError),
-            callbacks=[Progress(w.spec, w.options.trials, start["finished"], quiet)],
+            callbacks=[Progress(w.spec, w.options.trials, start["finished"], quiet, w.options.timeout)],
             gc_after_trial=False,
         )
         if dropped:

@@ -352,3 +352,14 @@ def test_the_shipped_cvae_re_study_prunes_up_to_its_full_budget():
     rungs = [args["min_resource"] * args["reduction_factor"] ** k for k in range(10)]
     assert spec.pruner["name"] == "successive_halving" and budget in rungs and budget >= 200
     assert "hypotheses" in {p.name: p for p in spec.search}["latent_type"].choices
+
+
+def test_progress_eta_says_when_the_timeout_ends_the_study_first():
+    from cvae_opt.studies import load_study_file
+    from cvae_opt.workers import Progress
+
+    spec = load_study_file("cvae_re")
+    assert Progress(spec, 1000, 0, quiet=True).eta(600.0, 10) == ", ETA 16:30:00"  # 990 trials at 60 s
+    assert Progress(spec, 1000, 0, quiet=True, timeout=5400).eta(600.0, 10) == ", timeout in 1:20:00"
+    assert Progress(spec, 20, 0, quiet=True, timeout=5400).eta(600.0, 10) == ", ETA 0:10:00"  # trials end first
+    assert Progress(spec, 20, 0, quiet=True, timeout=5400).eta(600.0, 20) == ""
