@@ -28,13 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine_line  # noqa: E402
 
-CANDIDATES = ("score", "mode_precision", "mode_recall", "precision_x_recall", "val_loss")
+CANDIDATES = ("score", "mode_precision", "mode_recall", "mode_pr", "val_loss")
 
 
 def with_combinations(m: dict[str, float]) -> dict[str, float]:
     out = {k: float(m[k]) for k in CANDIDATES if k in m}
     if "mode_precision" in m and "mode_recall" in m:
-        out["precision_x_recall"] = math.sqrt(max(m["mode_precision"], 0.0) * max(m["mode_recall"], 0.0))
+        out["mode_pr"] = math.sqrt(max(m["mode_precision"], 0.0) * max(m["mode_recall"], 0.0))  # as metrics.py
     return out
 
 
@@ -108,7 +108,7 @@ def main() -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if args.source:
         data = json.loads(Path(args.source).read_text())
-        curves = data["curves"]
+        curves = [c | {"history": [with_combinations(m) for m in c["history"]]} for c in data["curves"]]
         print(machine_line(f"fidelity, study {data['study']}, {len(curves)} random configs x {data['epochs']} epochs "
                            f"of {data['train_size']} fresh pairs (recorded)"))
     else:

@@ -19,7 +19,9 @@ Definitions (all on samples of shape (M, S, n_points, 2) for M given y, S sample
 - mode_precision / mode_recall (problems whose conditions are all cosines): a sample hits an exact
   solution when every point is within `tol` (0.02) of it, which for straight lines is every end point
   within tol. Precision: share of samples that hit some solution. Recall: share of all exact solutions
-  (pooled over the given y) hit by at least one sample.
+  (pooled over the given y) hit by at least one sample. mode_pr = sqrt(precision x recall), one
+  number that needs both (the two birds study's objective: its samples must sit on solutions and
+  reach many of them; `score` ranks a model whose samples fit y near no solution above one on them).
 - exact_posterior_recall: the mode recall that S independent draws from the exact posterior reach in
   expectation (`mode_weights`, `expected_recall`): light modes are rarely drawn, so posterior samples
   cannot cover every mode; coverage draws can.
@@ -298,6 +300,7 @@ def evaluate_line_samples(
         n_sol = sum(h.shape[1] for h in hits)
         out["mode_precision"] = float(np.mean([h.any(axis=1).mean() if h.shape[1] else 0.0 for h in hits]))
         out["mode_recall"] = float(sum(int(h.any(axis=0).sum()) for h in hits) / max(n_sol, 1))
+        out["mode_pr"] = math.sqrt(out["mode_precision"] * out["mode_recall"])
         out["solutions_per_condition"] = n_sol / m
         # what a perfect posterior sampler would reach with as many independent draws: the honest ceiling
         # of mode_recall for posterior draws (coverage draws can exceed it)

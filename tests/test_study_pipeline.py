@@ -65,7 +65,7 @@ def test_trials_are_recorded_with_attrs_and_artifacts(smoke):
             f = d / "storage" / "artifacts" / m.artifact_id
             assert f.is_file() and f.stat().st_size > 1000
     assert "study_file" in study.user_attrs and "search:" in study.user_attrs["study_file"]
-    assert study.metric_names == ["score"]  # what the dashboard and the optuna CLI label the values with
+    assert study.metric_names == ["mode_pr"]  # what the dashboard and the optuna CLI label the values with
     assert "--trials 3" in study.user_attrs["launch_command"]
     # progress and summary
     out = r.stdout
@@ -113,8 +113,8 @@ def test_report_writes_every_file_and_opens_offline(smoke):
     best = study_of(d, "cvae_re").best_trial
     assert Config.from_yaml_file(out / "best_config.yaml").to_dict() == best.user_attrs["config"]
     _, _, payload = load_checkpoint(out / "best_model.pt")
-    assert payload["metrics"]["score"] == pytest.approx(best.value)
-    assert f"Best trial {best.number}: score = {best.value:.5g}" in (out / "index.html").read_text()
+    assert payload["metrics"]["mode_pr"] == pytest.approx(best.value)
+    assert f"Best trial {best.number}: mode_pr = {best.value:.5g}" in (out / "index.html").read_text()
     assert f"# Trial {best.number} of study 'cvae_re'" in (out / "best_config.yaml").read_text()
 
 

@@ -23,7 +23,7 @@ from ..problems import LineProblem, ends_from_unit, line_points
 from . import LOSS_METRICS, ProblemFamily, register
 
 LINE_METRICS = ("score", "misfit_rmse", "r2", "slope_signs", "valid_fraction", "diversity", "truth_recall")
-MODE_METRICS = ("mode_precision", "mode_recall")
+MODE_METRICS = ("mode_precision", "mode_recall", "mode_pr")
 
 
 class LineEncoder(nn.Module):
