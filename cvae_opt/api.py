@@ -31,7 +31,7 @@ from .models import CVAE
 from .families import family_of
 from .problems import Problem, gravity2d, resolve_problem  # noqa: F401 (gravity2d: API)
 from .surveys import read_survey, write_survey  # noqa: F401 (write_survey: API)
-from .posterior import Posterior, SamplingOptions
+from .posterior import MAX_OUTPUT_BYTES, Posterior, SamplingOptions, check_output_size
 from .workers import RunOptions
 from .workers import run_study as _run_study
 from .storage import DEFAULT_ARTIFACTS, DEFAULT_STORAGE, HEARTBEAT_SECONDS, load_existing_study, open_storage
@@ -121,13 +121,16 @@ class Generator:
         self, y: Conditions, n: int = 30, *, seed: int = 0, draw: str = "posterior", temperature: float = 1.0,
         within: str = "mean",
         refine: int = 0, refine_method: str = "lm", refine_lr: float = 0.2, oversample: int = 1, batch: int = 8192,
+        max_output_bytes: float | None = MAX_OUTPUT_BYTES,
     ) -> Samples:
         """n models per measurement y, as `cvae-opt generate` draws them. Raw (the default): one decoder pass
         each. `draw`: posterior (by the model's weights, for uncertainty) or coverage (every distinct
         hypothesis first: 'show me every model that fits'; component latents); `within`: a drawn hypothesis'
         mean or (spread) a draw within its learnt spread (hypotheses latent). `refine` > 0: that many
         iterations fitting each sample to its y; `oversample` K: draw K times as many and keep the n that
-        fit, farthest apart. y: see `conditions`."""
+        fit, farthest apart. y: see `conditions`. Samples past `max_output_bytes` (M x n x the model's size
+        x 4 bytes, times `oversample`; default 2 GB, None: no limit; `--max-output-gb`) are refused before
+        anything is drawn; memory while drawing stays a small multiple of that (`Posterior.sample`)."""
         if n < 1:
             raise UserError(f"n (--samples) must be a positive integer, got {n}")
         options = SamplingOptions(draw=draw, temperature=temperature, within=within, refine_steps=refine, refine_method=refine_method,
@@ -135,6 +138,7 @@ class Generator:
         posterior = Posterior(self.model, self.problem)
         posterior.check(options)
         yy = conditions(y, self.problem)
+        check_output_size(self.model.x_shape, len(yy), n, oversample, max_output_bytes)
         t0 = time.perf_counter()
         x = posterior.sample(yy, n, options, seed=seed, batch=batch, checked=True)
         meta = {"checkpoint": self.source, "conditions": str(y) if isinstance(y, (str, Path)) else "array",

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .errors import UserError
+from .errors import UserError, clipped, shown
 from .files import read_yaml
 
 DEFAULT_CACHE_DIR = "storage/data"  # synthetic training pairs, keyed by what the problem computes
@@ -58,7 +58,7 @@ class DataConfig:
             raise UserError(f"{where}.fresh draws new training pairs from the prior every epoch: drop "
                             f"{where}.train_file or set fresh: false")
         if not self.problem or (":" not in self.problem and not self.problem.isidentifier()):
-            raise UserError(f"{where}.problem: {self.problem!r} is neither a built-in name nor 'package.module:callable'")
+            raise UserError(f"{where}.problem: {shown(self.problem)} is neither a built-in name nor 'package.module:callable'")
 
 
 @dataclass
@@ -102,10 +102,10 @@ class ModelConfig:
             _one_of(self, where, latent_type=LATENT_TYPES)
         _at_least(self, where, latent=1, hidden=1, prior_hidden=1, prior_depth=1, decoder_depth=1)
         if len(self.channels) != len(self.kernels) or not self.channels:
-            raise UserError(f"{where}.channels {self.channels} and {where}.kernels {self.kernels} must be non-empty "
+            raise UserError(f"{where}.channels {shown(self.channels)} and {where}.kernels {shown(self.kernels)} must be non-empty "
                             "and of one length")
         if min(self.channels) < 1 or min(self.kernels) < 1:
-            raise UserError(f"{where}.channels {self.channels} and {where}.kernels {self.kernels} must be positive")
+            raise UserError(f"{where}.channels {shown(self.channels)} and {where}.kernels {shown(self.kernels)} must be positive")
         if self.latent_type in COMPONENT_LATENTS and self.components < 2:
             raise UserError(f"{where}.components: {self.components}; a {self.latent_type} latent needs at least 2")
 
@@ -157,9 +157,9 @@ class TrainConfig:
                   beta=0.0, free_bits=0.0, w_x=0.0, w_y=0.0, physics_temperature=0.0, grad_clip=0.0,
                   eval_temperature=0.0)
         if not self.lr > 0:
-            raise UserError(f"{where}.lr: {self.lr!r}; the learning rate must be > 0")
+            raise UserError(f"{where}.lr: {shown(self.lr)}; the learning rate must be > 0")
         if not DEVICE_PATTERN.match(self.device):
-            raise UserError(f"{where}.device: unknown device {self.device!r}; use auto, cpu, cuda or cuda:N")
+            raise UserError(f"{where}.device: unknown device {shown(self.device)}; use auto, cpu, cuda or cuda:N")
 
 
 @dataclass
@@ -201,7 +201,7 @@ def _one_of(obj: Any, where: str, **choices: tuple[str, ...]) -> None:
     for name, allowed in choices.items():
         value = getattr(obj, name)
         if value not in allowed:
-            raise UserError(f"{where}.{name}: unknown {value!r}; use one of {', '.join(allowed)}")
+            raise UserError(f"{where}.{name}: unknown {shown(value)}; use one of {', '.join(allowed)}")
 
 
 def _at_least(obj: Any, where: str, **lows: float) -> None:
@@ -209,7 +209,7 @@ def _at_least(obj: Any, where: str, **lows: float) -> None:
         value = getattr(obj, name)
         if not value >= low:  # also refuses NaN
             what = "a positive integer" if low == 1 and isinstance(low, int) else f">= {low:g}"
-            raise UserError(f"{where}.{name}: {value!r}; it must be {what}")
+            raise UserError(f"{where}.{name}: {shown(value)}; it must be {what}")
 
 
 def _coerce(value: Any, typ: str, where: str) -> Any:
@@ -247,7 +247,7 @@ def _coerce(value: Any, typ: str, where: str) -> Any:
                 raise ValueError
             return [_coerce(v, "int", f"{where}[{i}]") for i, v in enumerate(value)]
     except (TypeError, ValueError, OverflowError):
-        raise UserError(f"{where}: {value!r} is not a valid {base}") from None
+        raise UserError(f"{where}: {shown(value)} is not a valid {base}") from None
     raise AssertionError(f"unhandled field type {typ}")
 
 
@@ -257,9 +257,9 @@ def _build(cls: type, d: Any, where: str) -> Any:
     if not isinstance(d, dict):
         raise UserError(f"{where}: expected a mapping, found {type(d).__name__}")
     known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - set(known))
+    unknown = sorted(set(d) - set(known), key=str)
     if unknown:
-        raise UserError(f"{where}.{unknown[0]}: unknown key; known keys: {', '.join(known)}")
+        raise UserError(f"{where}.{clipped(unknown[0])}: unknown key; known keys: {', '.join(known)}")
     kwargs = {}
     for name, value in d.items():
         f = known[name]

@@ -2,7 +2,9 @@
 
 Inside the package x is (N, *x_shape) ((N, n_points, 2) for line pairs) and y is (N, n_points, k); line
 files use the challenge layout (N, 1, n_points, 2|k), field problems' files (N, *x_shape) and (N, n_points, k). Files are pickles, so they are loaded with `weights_only=True` and only
-TensorDataset is allowed through: a hostile file is refused before any of its code can run.
+TensorDataset is allowed through: a hostile file is refused before any of its code can run. Each loaded
+tensor is checked (dense, floating point, a storage holding all its elements: `check_stored_tensor`) before
+any operation on it, so a stride-0 view claiming a billion rows is refused before it can take the memory.
 """
 
 from __future__ import annotations
@@ -210,6 +212,24 @@ def _torch_load(path: Path) -> object:
         ) from None
 
 
+def check_stored_tensor(t: object, what: str) -> None:
+    """What a tensor loaded from a file must be before any operation on it (a reshape, `.float()`,
+    `isfinite`) could copy it: a dense floating-point tensor whose storage holds every element. A stride-0
+    (`expand`ed) or overlapping view of a few bytes can claim any shape (a 1.7 KB file of 10**11
+    elements), and materialising it would take all the memory; it is refused with one line."""
+    if not isinstance(t, torch.Tensor):
+        raise UserError(f"{what} is a {type(t).__name__}, expected a tensor")
+    if t.layout != torch.strided:
+        raise UserError(f"{what} is a {str(t.layout).removeprefix('torch.')} tensor; save a dense one (tensor.to_dense())")
+    if not t.is_floating_point():
+        raise UserError(f"{what} has dtype {t.dtype}, expected a floating-point tensor")
+    needed = t.numel() * t.element_size()
+    stored = t.untyped_storage().nbytes()
+    if stored < needed:
+        raise UserError(f"{what} of shape {tuple(t.shape)} is a view of {stored:,} bytes of storage (expanded or "
+                        f"overlapping), not the {needed:,} its shape needs; save real data (tensor.contiguous())")
+
+
 def _as_points(t: torch.Tensor, n_points: int, width: int | None, what: str, path: Path) -> torch.Tensor:
     """(N, 1, P, w), (N, P, w) or row-major flattened (N, P*w) / (N, 1, P*w) -> (N, P, w)."""
     shape = tuple(t.shape)
@@ -249,14 +269,14 @@ def load_pairs(path: Path | str, problem: Problem | None = None, n_points: int =
             raise UserError(f"{path}: no such file; CVAE_OPT_CHALLENGE_DATA names a folder without it (unset it to use the shipped copy)")
         raise UserError(f"{path}: no such file")
     obj = _torch_load(path)
-    if isinstance(obj, TensorDataset):
-        tensors = obj.tensors
-    elif isinstance(obj, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in obj):
-        tensors = tuple(obj)
-    else:
-        raise UserError(f"{path}: holds a {type(obj).__name__}, expected a TensorDataset of (x, y)")
+    tensors = getattr(obj, "tensors", None) if isinstance(obj, TensorDataset) else obj
+    if not isinstance(tensors, (tuple, list)):
+        what = f"a TensorDataset of {type(tensors).__name__}" if isinstance(obj, TensorDataset) else f"a {type(obj).__name__}"
+        raise UserError(f"{path}: holds {what}, expected a TensorDataset of (x, y)")
     if len(tensors) != 2:
         raise UserError(f"{path}: holds {len(tensors)} tensors, expected 2 (x, y)")
+    for i, t in enumerate(tensors):
+        check_stored_tensor(t, f"{path}: tensor {i} ({'xy'[i]})")
     if problem is not None:
         n_points = problem.n_points
     if problem is not None and not family_of(problem).challenge_layout:
@@ -273,8 +293,6 @@ def load_pairs(path: Path | str, problem: Problem | None = None, n_points: int =
     if x.shape[0] == 0:
         raise UserError(f"{path}: holds no pairs")
     for name, t in (("x", x), ("y", y)):
-        if not t.is_floating_point():
-            raise UserError(f"{path}: {name} has dtype {t.dtype}, expected a floating-point tensor")
         bad = int((~torch.isfinite(t)).flatten(1).any(1).sum())
         if bad:
             raise UserError(f"{path}: {name} holds NaN or inf in {bad} of {t.shape[0]} rows; expected finite values")

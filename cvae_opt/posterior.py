@@ -103,37 +103,111 @@ class Posterior:
     ) -> torch.Tensor:
         """n samples for each of M given y (M, P, k): (M, n, *x_shape), on the CPU (or, `to_cpu` False, the
         model's device). Random draws from `generator` (a CPU generator), else from a new one seeded with
-        `seed` (default 0). `checked`: the caller has checked the options already (a trial, every epoch)."""
+        `seed` (default 0). `checked`: the caller has checked the options already (a trial, every epoch).
+
+        Memory stays a small multiple of the output: the draws are made at once (a few numbers per
+        sample), decoded `batch` samples at a time (a single y's samples too) into the output, and with
+        refinement or oversampling the K-times pool is drawn, refined and thinned a block of y at a time
+        (about POOL_BLOCK samples), never whole. The sizes are the caller's to bound (`Generator.sample`
+        refuses an output past its limit before drawing)."""
         if not checked:
             self.check(options)
         if generator is None:
             generator = torch.Generator().manual_seed(0 if seed is None else seed)
         spec = DrawSpec(options.draw, options.temperature, options.within)
-        x = self._raw(y, n * options.oversample, generator, spec, batch)
-        if options.refine_steps or options.oversample > 1:
-            from .refine import refine, select_diverse
+        pool = n * options.oversample
+        draws = self._draws(y, pool, generator, spec, batch)
+        out_device = torch.device("cpu") if to_cpu else self.device
+        if not (options.refine_steps or options.oversample > 1):
+            return self._decode(y, draws, pool, batch, out_device)
+        from .refine import refine, select_diverse
 
-            yd = y.to(x.device)
+        out = None
+        rows = max(1, POOL_BLOCK // pool)
+        for i in range(0, y.shape[0], rows):
+            block = {k: v[i : i + rows] for k, v in draws.items()}
+            yd = y[i : i + rows].to(self.device, torch.float32)
+            x = self._decode(yd, block, pool, batch, self.device)
             if options.refine_steps:
                 x = refine(self.problem, x, yd, options.refine_steps, lr=options.refine_lr, method=options.refine_method)
             if options.oversample > 1:
                 x = select_diverse(self.problem, x, yd, n)
-        return x.cpu() if to_cpu else x
+            if out is None:
+                out = torch.empty((y.shape[0], *x.shape[1:]), dtype=x.dtype, device=out_device)
+            out[i : i + rows] = x
+            del x
+        return out if out is not None else torch.empty((0, n, *self.model.x_shape), device=out_device)
 
     @torch.no_grad()
-    def _raw(self, y: torch.Tensor, n: int, generator: torch.Generator, spec: DrawSpec, batch: int) -> torch.Tensor:
-        """One decoder pass per sample, in batches of about `batch` samples, in eval mode."""
+    def _draws(self, y: torch.Tensor, n: int, generator: torch.Generator, spec: DrawSpec, batch: int
+               ) -> dict[str, torch.Tensor]:
+        """Everything random about n samples per y, at once on the CPU (the component weights computed a
+        batch of y at a time): the samples then depend neither on the batching nor on the device."""
         model = self.model
         was_training = model.training
         model.eval()
         try:
             y = y.to(self.device, torch.float32)
             per = max(1, batch // max(n, 1))
-            chunks = range(0, y.shape[0], per)
             weights = None
             if model.latent.has_components:  # all components chosen at once: independent of the batching
-                weights = torch.cat([model.component_weights(y[i : i + per]).cpu() for i in chunks])
-            draws = model.latent.draws(y, n, generator, weights, spec)
-            return torch.cat([model.decode(y[i : i + per], {k: v[i : i + per] for k, v in draws.items()}) for i in chunks])
+                weights = torch.cat([model.component_weights(y[i : i + per]).cpu() for i in range(0, y.shape[0], per)])
+            return model.latent.draws(y, n, generator, weights, spec)
         finally:
             model.train(was_training)
+
+    @torch.no_grad()
+    def _decode(self, y: torch.Tensor, draws: dict[str, torch.Tensor], n: int, batch: int,
+                out_device: torch.device) -> torch.Tensor:
+        """One decoder pass per sample, about `batch` samples a pass (several y a pass, or a slice of one
+        y's samples), in eval mode, written into the output (M, n, *x_shape) on `out_device`."""
+        model = self.model
+        was_training = model.training
+        model.eval()
+        try:
+            y = y.to(self.device, torch.float32)
+            m = y.shape[0]
+            batch = max(1, batch)
+            per, cols = (max(1, batch // max(n, 1)), n) if n <= batch else (1, batch)
+            out = None
+            for i in range(0, m, per):
+                for j in range(0, n, cols):
+                    part = {k: _columns(v[i : i + per], j, cols, n) for k, v in draws.items()}
+                    x = model.decode(y[i : i + per], part)
+                    if out is None:
+                        out = torch.empty((m, n, *x.shape[2:]), dtype=x.dtype, device=out_device)
+                    out[i : i + per, j : j + cols] = x
+            return out if out is not None else torch.empty((0, n, *model.x_shape), device=out_device)
+        finally:
+            model.train(was_training)
+
+
+POOL_BLOCK = 1 << 17  # samples refined and thinned at a time (the oversampled pool of a block of y)
+MAX_OUTPUT_BYTES = 2 * 10**9  # Generator.sample's default limit on the samples drawn (--max-output-gb 2)
+
+
+def samples_bytes(x_shape: tuple[int, ...], m: int, n: int, oversample: int = 1) -> int:
+    """The bytes of M x n samples of shape x_shape as float32, times the oversampling factor (the pool
+    drawn before it is thinned to n): what `Generator.sample` checks against its limit before drawing."""
+    size = 4 * max(1, oversample) * m * n
+    for d in x_shape:
+        size *= int(d)
+    return size
+
+
+def check_output_size(x_shape: tuple[int, ...], m: int, n: int, oversample: int, limit: float | None) -> None:
+    """Refuse, before anything is drawn, samples whose size passes `limit` bytes (None: no limit)."""
+    need = samples_bytes(x_shape, m, n, oversample)
+    if limit is None or need <= limit:
+        return
+    pool = f" x {oversample} oversampled" if oversample > 1 else ""
+    size = f"{need / 1e9:,.1f} GB" if need >= 1e8 else f"{need / 1e6:,.1f} MB" if need >= 1e5 else f"{need:,} bytes"
+    raise UserError(
+        f"{m:,} conditions x {n:,} samples{pool} of shape {tuple(x_shape)} need about {size}, over the "
+        f"limit of {limit / 1e9:g} GB; draw fewer (--samples) or raise the limit (--max-output-gb, max_output_bytes=)"
+    )
+
+
+def _columns(v: torch.Tensor, j: int, cols: int, n: int) -> torch.Tensor:
+    """Samples j..j+cols of a draw tensor (M, n, ...); one without a samples axis is passed whole."""
+    return v[:, j : j + cols] if cols < n and v.dim() >= 2 and v.shape[1] == n else v

@@ -354,9 +354,14 @@ def supports_forward_mode(problem: Problem) -> bool:
 
 def sample_misfit(problem: Problem, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The RMS misfit of each sample x (M, S, *x_shape) to its given y (M, P, k): (M, S), float64, on x's
-    device, without gradient, in y's units. Metrics, refinement and the diverse selection all judge fit by it."""
+    device, without gradient, in y's units. Metrics, refinement and the diverse selection all judge fit by it.
+    Computed about 65,536 samples at a time, so an oversampled pool is never copied whole in float64."""
     with torch.no_grad():
-        return ((problem(x.double()) - y.double().to(x.device).unsqueeze(1)) ** 2).mean(dim=(-1, -2)).sqrt()
+        yd = y.double().to(x.device).unsqueeze(1)
+        m, s = x.shape[:2]
+        step = max(1, (1 << 16) // max(1, m))
+        parts = [((problem(x[:, a : a + step].double()) - yd) ** 2).mean(dim=(-1, -2)).sqrt() for a in range(0, max(s, 1), step)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
 def line_points(ends: torch.Tensor, n_points: int) -> torch.Tensor:

@@ -24,16 +24,16 @@ from __future__ import annotations
 import torch
 
 from .config import REFINE_METHODS
-from .data import repeat_rows
 from .problems import Problem, ends_from_unit, line_ends, line_points, sample_misfit, unit_from_ends
 
 
 def refine(
-    problem: Problem, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float = 0.2, batch: int = 32768,
+    problem: Problem, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float = 0.2, batch: int = 8192,
     continuation: float = 0.5, method: str = "lm",
 ) -> torch.Tensor:
     """Refine samples x (M, S, P, 2) towards y (M, P, k); returns straight, in-box, correctly sloped
-    lines (M, S, P, 2). Every sample is its own least-squares problem; they are solved in batches.
+    lines (M, S, P, 2). Every sample is its own least-squares problem; they are solved `batch` at a time
+    (the Jacobians of 8,192 samples take about 100 MB), each batch's y picked from the M without copying them S times.
     `steps` is the number of LM iterations or Adam steps; `lr` is Adam's initial step size."""
     if method not in REFINE_METHODS:
         raise ValueError(f"unknown refinement method {method!r}; use one of {', '.join(REFINE_METHODS)}")
@@ -42,11 +42,11 @@ def refine(
     m, s, p, _ = x.shape
     out = torch.empty_like(x)
     flat_x = x.reshape(m * s, p, 2)
-    flat_y = repeat_rows(y, s)
     eps = 1e-4
     solve = _levenberg_marquardt if method == "lm" else _adam
     for i in range(0, m * s, batch):
-        xb, yb = flat_x[i : i + batch].double(), flat_y[i : i + batch].double()
+        xb = flat_x[i : i + batch].double()
+        yb = y[torch.arange(i, min(i + batch, m * s), device=y.device) // s].double()  # sample r's y is y[r // S]
         u = unit_from_ends(line_ends(xb), problem.box, problem.slopes).clamp(eps, 1 - eps)
         theta = solve(problem, torch.logit(u), yb, steps, lr, continuation, p)
         with torch.no_grad():
@@ -111,6 +111,9 @@ def _levenberg_marquardt(
     return theta
 
 
+SELECT_BLOCK = 1 << 21  # numbers a distance update of `select_diverse` works on at a time
+
+
 def select_diverse(
     problem: Problem, x: torch.Tensor, y: torch.Tensor, n: int, valid_misfit: float = 0.02,
     converged_misfit: float = 1e-4,
@@ -138,6 +141,7 @@ def select_diverse(
         chosen = torch.zeros((m, s), dtype=torch.bool, device=x.device)
         rows = torch.arange(m, device=x.device)
         keep = torch.empty((m, n), dtype=torch.long, device=x.device)
+        step = max(1, SELECT_BLOCK // max(1, m * flat.shape[-1]))
         for k in range(n):
             # the best tier left in each group; in tiers 0 and 1 the sample farthest from those kept
             # (all inf before the first pick: the best fit), in tier 2 the best fit
@@ -147,6 +151,9 @@ def select_diverse(
             j = torch.argmax(value, dim=1)
             keep[:, k] = j
             chosen[rows, j] = True
-            dist = torch.minimum(dist, (flat - flat[rows, j].unsqueeze(1)).pow(2).mean(-1).sqrt())
+            centre = flat[rows, j].unsqueeze(1)
+            for a in range(0, s, step):  # a slice of the pool at a time: temporaries stay small
+                near = (flat[:, a : a + step] - centre).pow(2).mean(-1).sqrt()
+                dist[:, a : a + step] = torch.minimum(dist[:, a : a + step], near)
         keep = torch.gather(order, 1, keep)
     return torch.gather(x, 1, keep.view(m, n, 1, 1).expand(m, n, *x.shape[2:]))

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import Config, DataConfig, ModelConfig, TrainConfig
-from .errors import UserError
+from .errors import UserError, clipped, shown
 from .files import read_yaml
 
 if TYPE_CHECKING:
@@ -50,11 +50,11 @@ STUDIES_DIR = _studies_dir()
 DERIVED = ("conv_channels", "conv_depth", "kernel_size")
 # after the last epoch only, with fixed: {eval_refine: STEPS}; no pruning on them
 REFINED_METRICS = tuple(
-    f"refined_{m}" for m in ("score", "misfit_rmse", "valid_fraction", "diversity", "mode_precision", "mode_recall", "truth_recall")
+    f"refined_{m}" for m in ("score", "misfit_rmse", "valid_fraction", "diversity", "mode_precision", "mode_recall", "mode_pr", "truth_recall")
 )
 METRICS = (
     "score", "misfit_rmse", "r2", "slope_signs", "valid_fraction", "diversity", "mode_precision",
-    "mode_recall", "truth_recall", "val_loss", "val_kl", "val_recon", "val_physics", *REFINED_METRICS,
+    "mode_recall", "mode_pr", "truth_recall", "val_loss", "val_kl", "val_recon", "val_physics", *REFINED_METRICS,
     # field problems (field_metrics): continuous posteriors
     "chi2_median", "chi2_le2", "coverage_50", "coverage_90", "sbc_ks", "energy_score", "dss", "mean_error",
     "std_ratio_p10", "std_ratio_p90", "coverage_50_constrained", "coverage_90_constrained",
@@ -151,22 +151,22 @@ def find_study_file(name_or_path: str) -> Path:
     candidate = STUDIES_DIR / f"{name_or_path}.yaml"
     if candidate.is_file():
         return candidate
-    raise UserError(f"unknown study {name_or_path!r}: use one of {list_studies()} or a path to a .yaml study file")
+    raise UserError(f"unknown study {shown(name_or_path)}: use one of {list_studies()} or a path to a .yaml study file")
 
 
 def _err(path: str, key: str, msg: str) -> UserError:
-    return UserError(f"{path}: {key}: {msg}")
+    return UserError(f"{path}: {clipped(key, 120)}: {msg}")  # a key path may hold names from the file
 
 
 def _num(v: Any, path: str, key: str) -> float:
     if isinstance(v, bool):
-        raise _err(path, key, f"{v!r} is not a number")
+        raise _err(path, key, f"{shown(v)} is not a number")
     try:
         f = float(v)
     except (TypeError, ValueError):
-        raise _err(path, key, f"{v!r} is not a number") from None
+        raise _err(path, key, f"{shown(v)} is not a number") from None
     if not math.isfinite(f):
-        raise _err(path, key, f"{v!r} is not a finite number")
+        raise _err(path, key, f"{shown(v)} is not a finite number")
     return f
 
 
@@ -177,12 +177,12 @@ def _param(name: str, raw: Any, path: str, earlier: dict[str, Param]) -> Param:
     if not isinstance(raw, dict):
         raise _err(path, key, f"expected a mapping with 'type', found {type(raw).__name__}")
     allowed = {"type", "low", "high", "log", "step", "choices", "condition"}
-    extra = sorted(set(raw) - allowed)
+    extra = sorted(set(raw) - allowed, key=str)
     if extra:
         raise _err(path, f"{key}.{extra[0]}", f"unknown key; allowed: {', '.join(sorted(allowed))}")
     typ = raw.get("type")
     if typ not in ("float", "int", "categorical"):
-        raise _err(path, f"{key}.type", f"unknown parameter type {typ!r}; use float, int or categorical")
+        raise _err(path, f"{key}.type", f"unknown parameter type {shown(typ)}; use float, int or categorical")
     p = Param(name=name, type=typ)
     if typ == "categorical":
         ch = raw.get("choices")
@@ -200,12 +200,12 @@ def _param(name: str, raw: Any, path: str, earlier: dict[str, Param]) -> Param:
                 raise _err(path, f"{key}.{k}", f"missing; a {typ} parameter needs low and high")
         p.low, p.high = _num(raw["low"], path, f"{key}.low"), _num(raw["high"], path, f"{key}.high")
         if p.low > p.high:
-            raise _err(path, key, f"low {raw['low']} > high {raw['high']}")
+            raise _err(path, key, f"low {shown(raw['low'])} > high {shown(raw['high'])}")
         p.log = raw.get("log", False)
         if not isinstance(p.log, bool):
-            raise _err(path, f"{key}.log", f"{p.log!r} is not true or false")
+            raise _err(path, f"{key}.log", f"{shown(p.log)} is not true or false")
         if p.log and p.low <= 0:
-            raise _err(path, f"{key}.low", f"a log-scale range needs low > 0, found {raw['low']}")
+            raise _err(path, f"{key}.low", f"a log-scale range needs low > 0, found {shown(raw['low'])}")
         if "step" in raw and raw["step"] is not None:
             p.step = _num(raw["step"], path, f"{key}.step")
             if p.step <= 0:
@@ -236,13 +236,13 @@ def load_study_file(name_or_path: str) -> StudySpec:
     """Parse and check a study file; every mistake is reported with its key path."""
     file = find_study_file(name_or_path)
     path = str(file)
-    text = file.read_text()
-    raw = read_yaml(file, "study file")
+    raw = read_yaml(file, "study file")  # sizes checked before anything is read or built
+    text = file.read_text(errors="replace")
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping of study settings at the top level")
-    extra = sorted(set(raw) - set(TOP_KEYS))
+    extra = sorted(set(raw) - set(TOP_KEYS), key=str)
     if extra:
-        raise _err(path, extra[0], f"unknown key; allowed: {', '.join(TOP_KEYS)}")
+        raise _err(path, str(extra[0]), f"unknown key; allowed: {', '.join(TOP_KEYS)}")
     for k in ("objective", "sampler", "search"):
         if k not in raw:
             raise _err(path, k, "missing")
@@ -255,7 +255,7 @@ def load_study_file(name_or_path: str) -> StudySpec:
         raise _err(path, "budget", "expected a mapping with 'epochs'")
     epochs = budget.get("epochs", TrainConfig.epochs)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise _err(path, "budget.epochs", f"{epochs!r} is not a positive integer")
+        raise _err(path, "budget.epochs", f"{shown(epochs)} is not a positive integer")
 
     obj = raw["objective"]
     if not isinstance(obj, dict):
@@ -268,9 +268,9 @@ def load_study_file(name_or_path: str) -> StudySpec:
         metrics, directions = [obj.get("metric", "score")], [obj.get("direction", "maximize")]
     for i, (m, d) in enumerate(zip(metrics, directions)):
         if m not in METRICS:
-            raise _err(path, "objective.metric", f"unknown metric {m!r}; use one of {', '.join(METRICS)}")
+            raise _err(path, "objective.metric", f"unknown metric {shown(m)}; use one of {', '.join(METRICS)}")
         if d not in ("maximize", "minimize"):
-            raise _err(path, "objective.direction", f"{d!r}; use maximize or minimize")
+            raise _err(path, "objective.direction", f"{shown(d)}; use maximize or minimize")
 
     def named(key: str, allow_none: bool) -> dict[str, Any] | None:
         v = raw.get(key)
@@ -304,7 +304,7 @@ def load_study_file(name_or_path: str) -> StudySpec:
             if q.type == "categorical":
                 bad = [v for v in values if v not in q.choices]
                 if bad:
-                    raise _err(path, f"search.{p.name}.condition.{other}", f"{bad[0]!r} is not one of {q.choices}")
+                    raise _err(path, f"search.{p.name}.condition.{other}", f"{shown(bad[0])} is not one of {shown(q.choices, 200)}")
 
     artifacts = raw.get("artifacts") or {}
     if not isinstance(artifacts, dict) or set(artifacts) - {"checkpoints", "plots", "keep_best"}:
@@ -313,10 +313,10 @@ def load_study_file(name_or_path: str) -> StudySpec:
     plots = artifacts.get("plots", "best")
     artifacts["plots"] = {True: "all", False: "none"}.get(plots, plots) if isinstance(plots, bool) else plots
     if artifacts["plots"] not in PLOTS:
-        raise _err(path, "artifacts.plots", f"{plots!r} is not one of {', '.join(PLOTS)}")
+        raise _err(path, "artifacts.plots", f"{shown(plots)} is not one of {', '.join(PLOTS)}")
     keep = artifacts.get("keep_best")
     if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
-        raise _err(path, "artifacts.keep_best", f"{keep!r} is not a positive integer")
+        raise _err(path, "artifacts.keep_best", f"{shown(keep)} is not a positive integer")
 
     spec = StudySpec(
         name=str(raw.get("name") or file.stem), path=path, text=text, problem=str(raw.get("problem", "two_birds")),
@@ -328,7 +328,7 @@ def load_study_file(name_or_path: str) -> StudySpec:
     _check_search_values(spec, base)
     refined = [m for m in metrics if m.startswith("refined_")]
     if refined and base.train.eval_refine < 1:
-        raise _err(path, "objective.metric", f"{refined[0]!r} is measured on refined samples: add "
+        raise _err(path, "objective.metric", f"{shown(refined[0])} is measured on refined samples: add "
                    "'eval_refine: 40' (LM iterations) under fixed")
     return spec
 
@@ -364,7 +364,7 @@ def _check_search_values(spec: StudySpec, base: Config, check_model: "ModelCheck
                 if check_model is not None:
                     check_model(cfg.model, "config.model")
             except UserError as exc:
-                raise _err(spec.path, f"search.{p.name}", f"the value {v!r} gives an invalid config: {exc}") from None
+                raise _err(spec.path, f"search.{p.name}", f"the value {shown(v)} gives an invalid config: {exc}") from None
 
 
 def check_shapes(spec: StudySpec, check_model: "ModelCheck") -> None:

@@ -87,6 +87,9 @@ def add_sampling_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--within", choices=WITHINS, default="mean",
                     help="mean (default): each drawn hypothesis' mean; spread: a draw within its learnt spread "
                     "(hypotheses latent), e.g. distinct starts for refinement")
+    ap.add_argument("--max-output-gb", type=float, default=2.0, metavar="GB",
+                    help="refuse, before drawing, samples larger than this (conditions x samples x model size x 4 "
+                    "bytes, times --oversample); default 2")
     ap.add_argument("--temperature", type=float, default=1.0, metavar="T",
                     help="draw hypotheses by weight^T renormalised: 1 = the posterior, 0 = every hypothesis "
                     "alike (categorical and mixed latents)")
@@ -94,5 +97,8 @@ def add_sampling_args(ap: argparse.ArgumentParser) -> None:
 
 def sampling_options(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments of `Generator.sample` from the options of `add_sampling_args` (it checks them)."""
-    return {"refine": args.refine, "refine_method": args.refine_method, "refine_lr": args.refine_lr,
+    if not args.max_output_gb > 0:
+        raise UserError(f"--max-output-gb must be > 0, got {args.max_output_gb:g}")
+    return {"max_output_bytes": args.max_output_gb * 1e9,
+            "refine": args.refine, "refine_method": args.refine_method, "refine_lr": args.refine_lr,
             "oversample": args.oversample, "draw": args.draw, "temperature": args.temperature, "within": args.within}

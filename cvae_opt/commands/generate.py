@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     add_sampling_args(ap)
     add_checkpoint_trust_args(ap)
     args = ap.parse_args(argv)
-    if args.samples < 1:
-        raise UserError(f"--samples must be a positive integer, got {args.samples}")
+    if args.samples < 1 or args.batch < 1:
+        raise UserError(f"--samples and --batch must be positive integers, got {args.samples} and {args.batch}")
     gen = load_generator(args.checkpoint, args.device, **checkpoint_trust(args))
     samples = gen.sample(args.conditions, args.samples, seed=args.seed, batch=args.batch, **sampling_options(args))
     samples.save(args.out)
