@@ -134,6 +134,18 @@ def cache_file(problem: Problem, n: int, seed: int, noise: float, cache_dir: Pat
     return Path(cache_dir) / f"{name}-{problem_fingerprint(problem)}-n{n}-seed{seed}-noise{noise:g}.pt"
 
 
+def local_cache_dir(cache_dir: Path | str | None) -> str:
+    """`cache_dir` when it lies inside the working folder's storage/ (symlinks followed), else the default
+    storage/data: for a command that rebuilds pairs from a config it read from a file (`report`, from a
+    checkpoint), which must not choose where this command writes."""
+    if cache_dir is not None:
+        storage = Path(DEFAULT_CACHE_DIR).parent.resolve()
+        target = Path(cache_dir).resolve()
+        if target == storage or storage in target.parents:
+            return str(cache_dir)
+    return DEFAULT_CACHE_DIR
+
+
 def make_pairs(
     problem: Problem,
     n: int,

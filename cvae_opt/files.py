@@ -23,7 +23,10 @@ _UMASK = _umask()
 
 
 def atomic_write(path: Path | str, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call `write` on a temporary file beside `path`, fsync it, then rename it over `path`."""
+    """Call `write` on a temporary file beside `path`, fsync it, then rename it over `path`. The temporary
+    file has a random name and is created exclusively (mkstemp: O_CREAT | O_EXCL, which refuses to follow
+    a symlink planted there), and the rename replaces whatever is at `path`, a symlink included, rather than
+    writing through it: a link left at a report's history.html is replaced, its target untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

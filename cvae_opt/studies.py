@@ -138,6 +138,34 @@ class StudySpec:
         return Config.from_dict(d, where=f"{self.path}: fixed")
 
 
+STUDY_NAME_MAX = 200  # characters; a folder name is at most 255 bytes, NAME_MAX on Linux and macOS
+STUDY_NAME_RULE = f"of letters, digits and '-_.' (at most {STUDY_NAME_MAX} characters, not starting with '.')"
+
+
+def check_study_name(name: str, where: str = "--study-name", fix: str = "") -> str:
+    """Refuse a study name that cannot be one folder name under reports/: empty, with a path separator,
+    `.`, `..` or another name starting with '.', a control or other unprintable character, more than
+    200 characters or 255 bytes of UTF-8. The one rule for `run` (the study file's `name:` or
+    --study-name) and `report` (--study, before it builds reports/NAME); returns the name."""
+    why = ""
+    if not isinstance(name, str) or not name:
+        why = "is empty"
+    elif len(name) > STUDY_NAME_MAX:
+        why = f"has {len(name)} characters, more than {STUDY_NAME_MAX}"
+    elif any(sep in name for sep in ("/", "\\")):
+        why = "holds a path separator"
+    elif name.startswith("."):
+        why = "starts with '.'"
+    elif not name.isprintable():  # a space is printable; NUL, newlines, escapes, invisible separators are not
+        why = "holds a control or unprintable character"
+    elif len(name.encode("utf-8", "surrogateescape")) > 255:
+        why = "is longer than 255 bytes in UTF-8"
+    if why:
+        raise UserError(f"{where}: study name {shown(name)} {why}, so it cannot be a folder name (reports/NAME); "
+                        + (fix or f"use {where} NAME {STUDY_NAME_RULE}"))
+    return name
+
+
 def list_studies() -> list[str]:
     return sorted(p.stem for p in STUDIES_DIR.glob("*.yaml")) if STUDIES_DIR.is_dir() else []
 

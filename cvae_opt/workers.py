@@ -23,7 +23,7 @@ from .errors import NonFiniteLoss, UserError
 from .objective import ArtifactError, Objective, Overrides
 from .samplers import make_pruner, make_sampler, pruner_name
 from .storage import DEFAULT_ARTIFACTS, DEFAULT_STORAGE, HEARTBEAT_SECONDS, artifact_store, mask_url, open_storage
-from .studies import StudySpec, load_study_file
+from .studies import STUDY_NAME_RULE, StudySpec, check_study_name, load_study_file
 from .trials import best_trial_or_none, keep_best_checkpoints
 from .trials import optimize as trials_optimize
 
@@ -215,6 +215,12 @@ class Worker:
 def prepare(args: RunOptions) -> Worker:
     check_options(args)
     spec = load_study_file(args.study)
+    # reports/NAME is built from the study name: one folder name, checked before anything is written
+    if args.study_name is not None:
+        name = check_study_name(args.study_name)
+    else:
+        name = check_study_name(spec.name, f"{spec.path}: name",
+                                f"set name: or pass --study-name NAME {STUDY_NAME_RULE}")
     _apply_overrides(spec, args)
     index = args.worker_index
     seed = args.seed if args.seed is not None else spec.sampler["args"].get("seed")
@@ -226,7 +232,7 @@ def prepare(args: RunOptions) -> Worker:
     device = worker_device(requested, index, n_cuda)
     objective = Objective(spec, Overrides(args.epochs, args.train_size, device, args.seed))
     objective.artifacts = artifact_store(args.artifacts)  # created once everything above is checked
-    return Worker(args, spec, args.study_name or spec.name, index, sampler, pruner, requested, n_cuda, objective)
+    return Worker(args, spec, name, index, sampler, pruner, requested, n_cuda, objective)
 
 
 def open_study(w: Worker) -> optuna.Study:

@@ -11,6 +11,7 @@ parameters left out are named.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import html
 import sys
 import tempfile
@@ -25,16 +26,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 from optuna.artifacts import download_artifact  # noqa: E402
+from plotly.offline import get_plotlyjs  # noqa: E402
 
 from .. import importance  # noqa: E402
 from ..checkpoints import load_checkpoint  # noqa: E402
 from .common import add_checkpoint_trust_args, add_study_args, checkpoint_trust, run_main, study_from_args  # noqa: E402
-from ..data import load_validation  # noqa: E402
+from ..data import load_validation, local_cache_dir  # noqa: E402
 from ..errors import UserError  # noqa: E402
 from ..files import atomic_write, atomic_write_text  # noqa: E402
 from ..figures import samples_figure, save_figure  # noqa: E402
 from ..problems import resolve_problem  # noqa: E402
 from ..storage import DEFAULT_ARTIFACTS, artifact_store, mask_url  # noqa: E402
+from ..studies import check_study_name  # noqa: E402
 from ..trials import best_trial, config_yaml  # noqa: E402
 
 STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}img{max-width:100%}"
@@ -48,6 +51,7 @@ class Page:
     out: Path
     sections: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    plotlyjs: bool = False  # plotly.min.js written beside the pages (once per report, atomically)
 
     def add(self, fragment: str) -> None:
         self.sections.append(fragment)
@@ -66,7 +70,9 @@ class Page:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                plotly_fn().write_html(str(self.out / f"{name}.html"), include_plotlyjs="directory", full_html=True)
+                page = plotly_fn().to_html(include_plotlyjs="directory", full_html=True)
+            self._plotlyjs()
+            atomic_write_text(self.out / f"{name}.html", page)
         except Exception as exc:
             self.add(f"<h3>{html.escape(title)}</h3><p class=note>not drawn: {html.escape(str(exc))}</p>")
             return
@@ -74,6 +80,13 @@ class Page:
         png = self._png(mpl_fn, name, size)
         img = f'<a href="{name}.html"><img src="{png}" alt="{html.escape(title)}"></a>' if png else ""
         self.add(f'<h3>{html.escape(title)}</h3><p><a href="{name}.html">interactive version</a></p>{img}')
+
+    def _plotlyjs(self) -> None:
+        """plotly.min.js beside the pages, which load it by a relative src (offline, no CDN). Written here,
+        not by plotly's write_html, which writes in place and through a symlink left at its path."""
+        if not self.plotlyjs:
+            atomic_write_text(self.out / "plotly.min.js", get_plotlyjs())
+            self.plotlyjs = True
 
     def _png(self, draw: Callable[[], Any], name: str, size: tuple[float, float]) -> str | None:
         plt.close("all")
@@ -138,7 +151,9 @@ def best_artifacts(study: optuna.Study, out: Path, storage_url: str, artifacts_d
     best.files.append("best_model.pt")
     model, cfg, _ = load_checkpoint(out / "best_model.pt", **(trust or {}))
     problem = resolve_problem(cfg.data.problem)  # the one load_checkpoint checked
-    val = load_validation(cfg.data, problem)
+    # the pairs are cached in this working folder's storage/ whatever cache_dir the checkpoint (a file) names:
+    # one elsewhere is replaced by storage/data, so a report writes nothing outside (a val_file is only read)
+    val = load_validation(dataclasses.replace(cfg.data, cache_dir=local_cache_dir(cfg.data.cache_dir)), problem)
     fig = samples_figure(model, problem, val.y[:4], n_samples=30, seed=0, title=f"best trial {trial.number}", truth=val.x[:4])
     save_figure(fig, out / "samples.png")
     best.files.append("samples.png")
@@ -271,9 +286,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="output folder (default reports/<study>)")
     add_checkpoint_trust_args(ap)
     args = ap.parse_args(argv)
+    if not args.out:  # reports/NAME: one folder name, checked before the storage is opened or anything written
+        check_study_name(args.study, "--study", "give --out FOLDER for this study's report")
+    out = Path(args.out) if args.out else Path("reports") / args.study
     study = study_from_args(args)
     artifacts = args.artifacts or study.user_attrs.get("artifacts", DEFAULT_ARTIFACTS)
-    index = write(study, Path(args.out or Path("reports") / args.study), args.storage, artifacts, checkpoint_trust(args))
+    index = write(study, out, args.storage, artifacts, checkpoint_trust(args))
     print(f"wrote {index}")
     return 0
 
