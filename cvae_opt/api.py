@@ -47,16 +47,19 @@ def run_study(
     seed: int | None = None, device: str | None = None, sampler: str | None = None, pruner: str | None = None,
     n_startup_trials: int | None = None, epochs: int | None = None, train_size: int | None = None,
     timeout: float | None = None, artifacts: str = DEFAULT_ARTIFACTS, heartbeat: int = HEARTBEAT_SECONDS,
-    quiet: bool = False,
+    quiet: bool = False, allow_changed_space: bool = False,
 ) -> optuna.Study:
     """Run (or resume) a study, exactly as `cvae-opt run` does with the same options: `study` is a built-in
     study name (cvae_re, cvae, both...) or a study file; the trials are stored in `storage`. Progress lines
     are printed unless `quiet`. Interrupting (the notebook's stop button) fails the running trial and
-    re-raises KeyboardInterrupt; running it again resumes. Returns the study (see `optuna.Study`)."""
+    re-raises KeyboardInterrupt; running it again resumes (and re-queues that trial). Resuming with a study
+    file that searches another space is refused unless `allow_changed_space`. Returns the study (see
+    `optuna.Study`)."""
     options = RunOptions(study=str(study), trials=trials, storage=storage, study_name=study_name, timeout=timeout,
                          jobs=jobs, seed=seed, device=device, sampler=sampler, pruner=pruner,
                          n_startup_trials=n_startup_trials, epochs=epochs, train_size=train_size,
-                         artifacts=str(artifacts), heartbeat=heartbeat, quiet=quiet)
+                         artifacts=str(artifacts), heartbeat=heartbeat, quiet=quiet,
+                         allow_changed_space=allow_changed_space)
     result = _run_study(options)
     if result.interrupted:
         raise KeyboardInterrupt(f"study {result.study.study_name!r} interrupted; run it again to resume")
@@ -67,8 +70,9 @@ def run_study(
 
 
 def load_study(study_name: str, storage: str = DEFAULT_STORAGE) -> optuna.Study:
-    """An existing study (for plots, the best trial, `optuna.visualization`)."""
-    return load_existing_study(open_storage(storage), study_name, storage)
+    """An existing study (for plots, the best trial, `optuna.visualization`); a storage that does not exist
+    is refused, never created."""
+    return load_existing_study(open_storage(storage, create=False), study_name, storage)
 
 
 def _as_study(study: optuna.Study | str, storage: str) -> optuna.Study:

@@ -7,6 +7,11 @@ class UserError(Exception):
     """Bad input (file, name, URL, config). The message names the problem and the fix."""
 
 
+class StorageError(UserError):
+    """The study storage refused a call for a reason a new connection would not fix (a read-only or locked
+    file, a full disk, a missing table): one line naming the storage and the fix, at once."""
+
+
 class NonFiniteLoss(RuntimeError):
     """Training produced NaN/inf; the message says where, so a study can record why the trial failed."""
 

@@ -61,6 +61,12 @@ def read_yaml(path: Path | str, what: str = "file") -> Any:
         raise UserError(f"{path}: no such {what}")
     with open(path, "rb") as fh:
         data = fh.read(YAML_MAX_BYTES + 1)
+    return parse_yaml(data, path, what)
+
+
+def parse_yaml(data: bytes | str, path: Path | str, what: str = "file") -> Any:
+    """`read_yaml` for text already in memory (a study file recorded in a storage), with the same size
+    checks; `path` names it in the messages."""
     if len(data) > YAML_MAX_BYTES:
         raise UserError(f"{path}: a {what} may hold at most {YAML_MAX_BYTES:,} bytes; this one is larger")
     loader = None

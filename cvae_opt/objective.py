@@ -20,7 +20,7 @@ from optuna.artifacts import upload_artifact
 from .checkpoints import save_checkpoint
 from .config import Config
 from .data import Pairs, load_data
-from .errors import NonFiniteLoss, UserError
+from .errors import NonFiniteLoss, StorageError, UserError
 from .epoch_metrics import check_refined_metrics
 from .families import family_of
 from .figures import samples_figure, save_figure
@@ -30,6 +30,9 @@ from .train import Training
 from .trials import beats, keep_best_checkpoints, ranked, record
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
+# set on a trial stopped by Ctrl-C or SIGTERM while it ran (while it is still RUNNING: a finished trial takes
+# no attributes): the next run of the study re-queues it once with its parameters
+INTERRUPTED_ATTR = "interrupted"
 
 
 class ArtifactError(RuntimeError):
@@ -104,9 +107,15 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         try:
             return self._run(trial)
+        except StorageError:
+            raise  # the storage refuses writes: recording the reason would fail the same way
         except (NonFiniteLoss, UserError, ArtifactError) as exc:
             # Optuna records no reason for a failed trial: keep it where the dashboard and report show it
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr(INTERRUPTED_ATTR, True)
+            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C or SIGTERM); re-queued when the study runs again")
             raise
 
     def _run(self, trial: optuna.Trial) -> float | list[float]:

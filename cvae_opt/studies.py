@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import Config, DataConfig, ModelConfig, TrainConfig
 from .errors import UserError, clipped, shown
-from .files import read_yaml
+from .files import parse_yaml, read_yaml
 
 if TYPE_CHECKING:
     from typing import Callable
@@ -359,6 +359,30 @@ def load_study_file(name_or_path: str) -> StudySpec:
         raise _err(path, "objective.metric", f"{shown(refined[0])} is measured on refined samples: add "
                    "'eval_refine: 40' (LM iterations) under fixed")
     return spec
+
+
+def recorded_search_space(text: str, where: str) -> dict[str, Param] | None:
+    """The search space of a study file's text (as a study records it), parsed as `load_study_file` parses
+    it, so comments, layout, quoting and number spelling do not count; None when it cannot be read."""
+    try:
+        raw = parse_yaml(text, where, "study file")
+        if not isinstance(raw, dict) or not isinstance(raw.get("search"), dict):
+            return None
+        params: dict[str, Param] = {}
+        for name, spec in raw["search"].items():
+            params[str(name)] = _param(str(name), spec, where, params)
+        return params
+    except UserError:
+        return None
+
+
+def search_space_changes(recorded: dict[str, Param], search: list[Param]) -> list[str]:
+    """How `search` differs from a recorded search space, parameter by parameter (order aside): e.g.
+    ['lr changed', 'dropout added']; empty when it is the same space."""
+    now = {p.name: p for p in search}
+    return ([f"{n} changed" for n in recorded if n in now and recorded[n] != now[n]]
+            + [f"{n} added" for n in now if n not in recorded]
+            + [f"{n} removed" for n in recorded if n not in now])
 
 
 def apply_params(base: Config, values: dict[str, Any]) -> Config:

@@ -5,6 +5,8 @@ trials. Workers beyond the first are processes running the equivalent command on
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import shlex
 import signal
 import subprocess
@@ -20,14 +22,17 @@ import torch
 from .machine import usable_cores
 from .devices import resolve_device, worker_device
 from .errors import NonFiniteLoss, UserError
-from .objective import ArtifactError, Objective, Overrides
+from .objective import INTERRUPTED_ATTR, ArtifactError, Objective, Overrides
 from .samplers import make_pruner, make_sampler, pruner_name
-from .storage import DEFAULT_ARTIFACTS, DEFAULT_STORAGE, HEARTBEAT_SECONDS, artifact_store, mask_url, open_storage
-from .studies import STUDY_NAME_RULE, StudySpec, check_study_name, load_study_file
+from .storage import (DEFAULT_ARTIFACTS, DEFAULT_STORAGE, HEARTBEAT_SECONDS, STORAGE_ENV, artifact_store, check_storage,
+                      mask_url, open_storage, sqlite_target)
+from .studies import (STUDY_NAME_RULE, StudySpec, check_study_name, load_study_file, recorded_search_space,
+                      search_space_changes)
 from .trials import best_trial_or_none, keep_best_checkpoints
 from .trials import optimize as trials_optimize
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+REQUEUED_FROM_ATTR = "requeued_from"  # on the trial that re-runs an interrupted one: that trial's number
 
 
 @dataclass
@@ -50,15 +55,20 @@ class RunOptions:
     artifacts: str = DEFAULT_ARTIFACTS
     heartbeat: int = HEARTBEAT_SECONDS
     quiet: bool = False
+    allow_changed_space: bool = False
     worker_index: int = 0
 
-    def to_argv(self) -> list[str]:
-        """The command-line arguments of these options (the worker index left out): what extra workers
-        run, and what the study records as its launch command."""
+    def to_argv(self, storage: bool = True) -> list[str]:
+        """The command-line arguments of these options (the worker index left out): what the study
+        records as its launch command, and, without the storage (`storage=False`: extra workers get it
+        through $CVAE_OPT_STORAGE, so that its password is not in their command lines, which `ps`
+        shows to every user), what extra workers run."""
         out: list[str] = []
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name == "worker_index" or value is None or value is False or (value == f.default and f.name != "study"):
+                continue
+            if f.name == "storage" and not storage:
                 continue
             out += [f"--{f.name.replace('_', '-')}"] if value is True else [f"--{f.name.replace('_', '-')}", str(value)]
         return out
@@ -178,7 +188,7 @@ def summary(study: optuna.Study, spec: StudySpec, url: str, artifacts: str, star
         lines.append(f"  browse: optuna-dashboard {mask_url(url)} --artifact-dir {artifacts}")
     lines.append(f"  report: python -m cvae_opt.report --study {study.study_name} --storage {mask_url(url)}")
     if interrupted:
-        lines.append("  resume: run the same command again")
+        lines.append("  resume: run the same command again (a trial stopped mid-way is re-queued with its parameters)")
     return "\n".join(lines)
 
 
@@ -205,6 +215,7 @@ class Worker:
     requested_device: str
     n_cuda: int
     objective: Objective
+    notes: list[str] = dataclasses.field(default_factory=list)  # printed by the lead worker at start-up
 
     @property
     def lead(self) -> bool:
@@ -214,6 +225,10 @@ class Worker:
 
 def prepare(args: RunOptions) -> Worker:
     check_options(args)
+    notes = []
+    if args.jobs > args.trials:  # a worker without a trial would only load the data
+        notes.append(f"--jobs {args.jobs} capped at {args.trials} (the trials to add)")
+        args = dataclasses.replace(args, jobs=args.trials)
     spec = load_study_file(args.study)
     # reports/NAME is built from the study name: one folder name, checked before anything is written
     if args.study_name is not None:
@@ -230,13 +245,20 @@ def prepare(args: RunOptions) -> Worker:
     resolve_device(requested)  # a device this machine lacks is one error line, before any trial
     n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
     device = worker_device(requested, index, n_cuda)
+    # the storage is checked (and a server reached) before the data is drawn, and nothing is written yet
+    check_storage(args.storage, create=True, jobs=args.jobs, reach=True)
+    target = sqlite_target(args.storage)
+    if target is not None and target.memory:
+        notes.append(f"--storage {args.storage} keeps the study in this process only: nothing is written, and it "
+                     "is gone when the process ends (pass a file, sqlite:///storage/NAME.db, to keep it)")
     objective = Objective(spec, Overrides(args.epochs, args.train_size, device, args.seed))
     objective.artifacts = artifact_store(args.artifacts)  # created once everything above is checked
-    return Worker(args, spec, name, index, sampler, pruner, requested, n_cuda, objective)
+    return Worker(args, spec, name, index, sampler, pruner, requested, n_cuda, objective, notes)
 
 
 def open_study(w: Worker) -> optuna.Study:
-    """Create or resume the study; one that was created for other directions or metrics is refused."""
+    """Create or resume the study; one that was created for other directions or metrics, or (unless
+    --allow-changed-space) with another search space, is refused before anything is written to it."""
     storage = open_storage(w.options.storage, heartbeat=w.options.heartbeat)
     url = mask_url(w.options.storage)
     try:
@@ -254,7 +276,25 @@ def open_study(w: Worker) -> optuna.Study:
             f"study {w.study_name!r} in {url} was created for metrics {list(study.metric_names)}, "
             f"this study file asks for {list(w.spec.metrics)}; use another --study-name"
         )
+    check_search_space(study, w, url)
     return study
+
+
+def check_search_space(study: optuna.Study, w: Worker, url: str) -> None:
+    """A resumed study must keep the search space it was created with (the search section of the study
+    file it recorded, compared as parsed: comments and layout do not count): two spaces in one study
+    mislead the sampler, the importances and the report."""
+    recorded = study.user_attrs.get("study_file")
+    if w.options.allow_changed_space or not isinstance(recorded, str):
+        return
+    space = recorded_search_space(recorded, f"the study file recorded by study {w.study_name!r}")
+    changes = [] if space is None else search_space_changes(space, w.spec.search)
+    if changes:
+        shown = ", ".join(changes[:6]) + (f" and {len(changes) - 6} more" if len(changes) > 6 else "")
+        raise UserError(
+            f"study {w.study_name!r} in {url} was created with another search space ({shown}); pass --study-name "
+            "NEW for a new study, or --allow-changed-space to add trials anyway"
+        )
 
 
 def record_launch(study: optuna.Study, w: Worker) -> None:
@@ -264,6 +304,9 @@ def record_launch(study: optuna.Study, w: Worker) -> None:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(list(w.spec.metrics))
     command = _masked_argv(w.options.to_argv(), w.options.storage)
+    before = study.user_attrs.get("study_file")
+    if isinstance(before, str) and before != w.spec.text:  # another file (--allow-changed-space, or edited comments)
+        study.set_user_attr("study_files_before", list(study.user_attrs.get("study_files_before", [])) + [before])
     study.set_user_attr("study_file", w.spec.text)
     study.set_user_attr("study_path", w.spec.path)
     study.set_user_attr("metrics", w.spec.metrics)
@@ -296,14 +339,42 @@ def announce(study: optuna.Study, w: Worker, finished: int) -> None:
     )
 
 
+def requeue_interrupted(study: optuna.Study) -> list[int]:
+    """Queue again, with its parameters, each trial that Ctrl-C or SIGTERM stopped while it ran, once (a
+    trial that re-runs one names it in `requeued_from`); returns the numbers re-queued. The lead worker
+    does it before the others start, so that they do not queue it twice."""
+    trials = study.get_trials(deepcopy=False)
+    done = {t.user_attrs.get(REQUEUED_FROM_ATTR) for t in trials}
+    out = []
+    for t in trials:
+        if t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get(INTERRUPTED_ATTR) and t.number not in done:
+            study.enqueue_trial(t.params, user_attrs={REQUEUED_FROM_ATTR: t.number}, skip_if_exists=False)
+            out.append(t.number)
+    return out
+
+
 def start_workers(w: Worker) -> list[subprocess.Popen]:
-    """Workers 1..jobs-1 as processes running this same command on the same storage."""
+    """Workers 1..jobs-1 as processes running this same command on the same storage; the storage URL
+    goes through the environment, not the command line, which every user of the machine can read."""
     children = []
+    env = {**os.environ, STORAGE_ENV: w.options.storage}
     for i in range(1, w.options.jobs):
         if _share(w.options.trials, w.options.jobs, i) > 0:
-            cmd = [sys.executable, "-m", "cvae_opt.run", *w.options.to_argv(), "--worker-index", str(i)]
-            children.append(subprocess.Popen(cmd))
+            cmd = [sys.executable, "-m", "cvae_opt.run", *w.options.to_argv(storage=False), "--worker-index", str(i)]
+            children.append(subprocess.Popen(cmd, env=env))
     return children
+
+
+def _stop(children: list[subprocess.Popen]) -> None:
+    """SIGINT to the workers still running, and a minute for them to stop."""
+    for ch in children:
+        if ch.poll() is None:
+            ch.send_signal(signal.SIGINT)
+    for ch in children:
+        try:
+            ch.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            ch.kill()
 
 
 def optimize(study: optuna.Study, w: Worker, children: list[subprocess.Popen], start: dict[str, int], quiet: bool) -> bool:
@@ -324,15 +395,11 @@ def optimize(study: optuna.Study, w: Worker, children: list[subprocess.Popen], s
             ch.wait()
         return False
     except KeyboardInterrupt:
-        for ch in children:
-            if ch.poll() is None:
-                ch.send_signal(signal.SIGINT)
-        for ch in children:
-            try:
-                ch.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                ch.kill()
+        _stop(children)
         return True
+    except BaseException:  # a storage that refuses writes, a bug: the other workers are not left behind
+        _stop(children)
+        raise
 
 
 def report_failed_workers(children: list[subprocess.Popen], heartbeat: int) -> int:
@@ -353,14 +420,21 @@ def run_study(options: RunOptions) -> RunResult:
     the other workers and print the summary). Ctrl-C ends it cleanly: the running trial fails, the
     result says it was interrupted, and running it again resumes."""
     w = prepare(options)
+    options = w.options  # --jobs capped at --trials
     study = open_study(w)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported on the progress line
+    requeued = []
     if w.lead:
         record_launch(study, w)
+        requeued = requeue_interrupted(study)
     torch.set_num_threads(max(1, usable_cores() // options.jobs))
     quiet = options.quiet or not w.lead
     start = _counts(study)
     if w.lead and not quiet:
+        if requeued:
+            w.notes.append(f"re-queued interrupted trial(s) {', '.join(map(str, requeued))} with their parameters")
+        for note in w.notes:
+            print(f"note: {note}", file=sys.stderr, flush=True)
         announce(study, w, start["finished"])
     children = start_workers(w) if w.lead else []
     t0 = time.perf_counter()

@@ -14,7 +14,7 @@ import optuna
 
 from ..config import DRAWS, REFINE_METHODS, WITHINS
 from ..errors import UserError
-from ..storage import DEFAULT_STORAGE, load_existing_study, open_storage
+from ..storage import STORAGE_HELP, default_storage, load_existing_study, open_storage
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -47,12 +47,13 @@ def quiet_libraries() -> None:
 def add_study_args(ap: argparse.ArgumentParser) -> None:
     """--study and --storage, as every command that reads an existing study takes them."""
     ap.add_argument("--study", required=True, help="study name in the storage")
-    ap.add_argument("--storage", default=DEFAULT_STORAGE, help=f"SQLAlchemy URL (default {DEFAULT_STORAGE})")
+    ap.add_argument("--storage", default=default_storage(), help=STORAGE_HELP)
 
 
 def study_from_args(args: argparse.Namespace) -> optuna.Study:
-    """The existing study that --study and --storage name (one error line if there is none)."""
-    return load_existing_study(open_storage(args.storage), args.study, args.storage)
+    """The existing study that --study and --storage name (one error line if there is none); a storage
+    that does not exist is refused, never created."""
+    return load_existing_study(open_storage(args.storage, create=False), args.study, args.storage)
 
 
 def add_checkpoint_trust_args(ap: argparse.ArgumentParser) -> None:

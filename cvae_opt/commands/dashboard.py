@@ -12,7 +12,7 @@ import sys
 
 from .common import run_main
 from ..errors import UserError
-from ..storage import DEFAULT_ARTIFACTS, DEFAULT_STORAGE, artifact_store, mask_url, open_storage
+from ..storage import DEFAULT_ARTIFACTS, STORAGE_HELP, artifact_store, default_storage, mask_url, open_storage
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Browse studies, trials and their artifacts in optuna-dashboard.",
         epilog="example: python -m cvae_opt.dashboard --port 8080   # then open http://127.0.0.1:8080",
     )
-    ap.add_argument("--storage", default=DEFAULT_STORAGE, help=f"SQLAlchemy URL (default {DEFAULT_STORAGE})")
+    ap.add_argument("--storage", default=default_storage(), help=STORAGE_HELP)
     ap.add_argument("--artifacts", default=DEFAULT_ARTIFACTS, help=f"artifact folder (default {DEFAULT_ARTIFACTS})")
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     ap.add_argument("--port", type=int, default=8080)
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--port must be between 1 and 65535, got {args.port}")
     import optuna_dashboard
 
-    storage = open_storage(args.storage)
+    storage = open_storage(args.storage, create=False)  # a viewer: a storage that does not exist is refused
     print(f"optuna-dashboard for {mask_url(args.storage)} (artifacts {args.artifacts}) on http://{args.host}:{args.port}/", flush=True)
     try:
         optuna_dashboard.run_server(storage, host=args.host, port=args.port, artifact_store=artifact_store(args.artifacts))

@@ -16,7 +16,7 @@ from typing import Any
 
 from .common import EXIT_INTERRUPTED, run_main
 from ..workers import RunOptions, run_study
-from ..storage import DEFAULT_ARTIFACTS, DEFAULT_STORAGE, HEARTBEAT_SECONDS
+from ..storage import DEFAULT_ARTIFACTS, HEARTBEAT_SECONDS, STORAGE_HELP, default_storage
 
 
 def parser() -> argparse.ArgumentParser:
@@ -26,15 +26,17 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
         "  python -m cvae_opt.run --study cvae_re --trials 200\n"
-        "  python -m cvae_opt.run --study both --trials 50 --jobs 2 --storage postgresql://user:pw@db/cvae\n"
+        "  CVAE_OPT_STORAGE=postgresql://user:pw@db/cvae python -m cvae_opt.run --study both --trials 50 --jobs 2\n"
         "  python -m cvae_opt.run --study cvae --trials 3 --epochs 1 --train-size 2000   # smoke run",
     )
     ap.add_argument("--study", required=True, help="study name in studies/ (cvae, cvae_re, both) or a path to a study file")
     ap.add_argument("--trials", "--n-trials", dest="trials", type=int, default=200, help="trials to add (default 200)")
-    ap.add_argument("--storage", default=DEFAULT_STORAGE, help=f"SQLAlchemy URL (default {DEFAULT_STORAGE})")
+    ap.add_argument("--storage", default=default_storage(),
+                    help=f"{STORAGE_HELP}; set the variable to keep a password out of the command line")
     ap.add_argument("--study-name", help="name in the storage (default: the study file's name)")
     ap.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
-    ap.add_argument("--jobs", "--n-jobs", dest="jobs", type=int, default=1, help="worker processes on the same storage")
+    ap.add_argument("--jobs", "--n-jobs", dest="jobs", type=int, default=1,
+                    help="worker processes on the same storage (at most --trials)")
     ap.add_argument("--seed", type=int, help="sampler seed (worker i uses seed + i) and training/data seed")
     ap.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the study's, auto)")
     ap.add_argument("--sampler", help="override the study's sampler: tpe, random, cmaes, gp, qmc, nsgaii, nsgaiii")
@@ -47,6 +49,8 @@ def parser() -> argparse.ArgumentParser:
                     help=f"seconds between worker heartbeats (default {HEARTBEAT_SECONDS}); a trial silent for 3x this "
                     "long is marked failed and retried once")
     ap.add_argument("--quiet", action="store_true", help="print only the summary")
+    ap.add_argument("--allow-changed-space", action="store_true",
+                    help="resume a study whose recorded study file searches another space (refused without it)")
     ap.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     return ap
 

@@ -13,7 +13,7 @@ import sys
 
 from .common import run_main
 from ..errors import UserError
-from ..storage import DEFAULT_STORAGE, mask_url, serve_grpc_proxy
+from ..storage import DEFAULT_STORAGE, STORAGE_ENV, default_storage, mask_url, serve_grpc_proxy
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
         "then, on every worker: cvae-opt run --study cvae_re --storage grpc://PROXY_HOST:13000",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument("--storage", default=DEFAULT_STORAGE, help=f"SQLAlchemy URL of the database (default {DEFAULT_STORAGE})")
+    ap.add_argument("--storage", default=default_storage(),
+                    help=f"SQLAlchemy URL of the database (default: ${STORAGE_ENV} if set, else {DEFAULT_STORAGE})")
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     ap.add_argument("--port", type=int, default=13000, help="port to listen on (default 13000)")
     ap.add_argument("--threads", type=int, default=16, help="requests served at once (default 16)")
