@@ -16,6 +16,10 @@ Prints mean ± std over seeds, one row per source and draw, and writes per-seed 
 
     python benchmarks/quality.py --configs studies/best/cvae_re.yaml studies/best/cvae.yaml
     python benchmarks/quality.py --configs studies/best/cvae_re.yaml --seeds 0 --epochs 2   # quick look
+    python benchmarks/quality.py --trained storage/retrain/cvae_re/checkpoint.pt            # a retrained model
+
+With `--trained CHECKPOINT ...` the models are not trained again: each checkpoint (from `retrain`, a
+trial or the report) is scored as one seed of its file's folder name.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine_line  # noqa: E402
-from cvae_opt.checkpoints import save_checkpoint  # noqa: E402
+from cvae_opt.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
 from cvae_opt.config import Config  # noqa: E402
 from cvae_opt.data import load_pairs, resolve_data_path, draw_models  # noqa: E402
 from cvae_opt.metrics import enumerate_solutions, evaluate_samples, expected_recall, mode_weights  # noqa: E402
@@ -69,6 +73,7 @@ def main() -> int:
     ap.add_argument("--first", type=int, help="only the first N conditions of that file")
     ap.add_argument("--out", default="reports/quality.json")
     ap.add_argument("--checkpoints", help="folder to save each trained model in (NAME-seedS.pt), for plots")
+    ap.add_argument("--trained", nargs="+", help="score these checkpoints instead of training --configs")
     args = ap.parse_args()
     rows: dict[str, list[dict]] = {}
 
@@ -84,11 +89,17 @@ def main() -> int:
         return m
 
     limits: dict[str, float] = {}
-    for path in args.configs:
+    sources = args.trained or args.configs
+    for path in sources:
         if not Path(path).is_file():
             print(f"skipping {path}: no such file", flush=True)
             continue
-        base = Config.from_yaml_file(path)
+        trained = None
+        if args.trained:
+            trained = load_checkpoint(path)
+            base = trained[1]
+        else:
+            base = Config.from_yaml_file(path)
         problem = resolve_problem(base.data.problem)
         y = load_pairs(args.scoring, problem).y[: args.first]
         sols = enumerate_solutions(problem, y)
@@ -99,15 +110,18 @@ def main() -> int:
             f"distinct modes, {args.samples} per y (coverage limit)":
                 sum(min(len(s), args.samples) for s in sols) / sum(len(s) for s in sols),
         }
-        name = Path(path).stem
-        for seed in args.seeds:
+        name = Path(path).parent.name if trained else Path(path).stem
+        for seed in [base.train.seed] if trained else args.seeds:
             cfg = Config.from_dict(base.to_dict())
             cfg.train.seed = seed
             if args.epochs:
                 cfg.train.epochs = args.epochs
             t0 = time.perf_counter()
-            model = train(cfg).model
+            model = trained[0] if trained else train(cfg).model
             train_s = time.perf_counter() - t0
+            if trained:  # the retrain's own training seconds (metrics.json beside the checkpoint), if it wrote them
+                meta = Path(path).parent / "metrics.json"
+                train_s = float(json.loads(meta.read_text()).get("seconds", "nan")) if meta.is_file() else float("nan")
             if args.checkpoints:
                 save_checkpoint(Path(args.checkpoints) / f"{Path(path).stem}-seed{seed}.pt", model, cfg)
             comp = model.latent.has_components
@@ -127,7 +141,7 @@ def main() -> int:
                                 draw=draw, refine_steps=args.refine, oversample=k), seed=seed))
                 line += f"; refined x{k} recall {r['mode_recall']:.3f}"
             print(line, flush=True)
-        for seed in args.seeds if path == args.configs[0] else []:
+        for seed in args.seeds if path == sources[0] else []:
             for k in args.oversample:
                 measure(f"random prior lines refined, oversample {k}", problem, y, sols,
                         lambda: random_lines_refined(problem, y, args.samples, k, args.refine, seed))
