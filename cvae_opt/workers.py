@@ -14,7 +14,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, fields
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import optuna
 import torch
@@ -118,11 +118,14 @@ def _fmt_elapsed(seconds: float) -> str:
 
 
 class Progress:
-    """One line per finished trial: count, its result, the best so far, the state counts, elapsed."""
+    """One line per finished trial: count, its result, the best so far, the state counts, elapsed. The lead
+    worker prints them all: each time one of its own trials ends, it also prints the trials the other
+    workers finished since (they print nothing, so lines do not interleave)."""
 
     def __init__(self, spec: StudySpec, total: int, start_finished: int, quiet: bool, timeout: float | None = None):
         self.spec, self.total, self.start, self.quiet, self.timeout = spec, total, start_finished, quiet, timeout
-        self.t0 = time.perf_counter()
+        self.t0, self.started = time.perf_counter(), datetime.now()  # Optuna's trial times are naive local times
+        self.shown: set[int] = set()  # trials printed so far
 
     def eta(self, elapsed: float, done: int) -> str:
         """Time left: the trials left at the pace so far, or the --timeout left if that ends sooner (no new
@@ -134,18 +137,26 @@ class Progress:
             return f", timeout in {_fmt_elapsed(max(self.timeout - elapsed, 0.0))}"
         return f", ETA {_fmt_elapsed(left)}"
 
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    def result(self, trial: optuna.trial.FrozenTrial) -> str:
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            return ", ".join(f"{m} {v:.4g}" for m, v in zip(self.spec.metrics, trial.values))
+        if trial.state == optuna.trial.TrialState.PRUNED:
+            return f"pruned at epoch {trial.user_attrs.get('pruned_at_epoch', '?')}"
+        reason = str(trial.user_attrs.get("fail_reason", "")).strip()
+        return f"failed: {reason.splitlines()[0][:200]}" if reason else "failed"
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial | None = None) -> None:
+        """Print `trial` (this worker's, just finished) after the other workers' trials not printed yet;
+        without `trial`, only those (after the other workers have stopped)."""
         if self.quiet:
             return
+        finished = [t for t in study.get_trials(deepcopy=False) if t.state in FINISHED]
+        own = [] if trial is None else [trial]
+        new = sorted((t for t in finished if t.number not in self.shown and t.number not in {o.number for o in own}
+                      and (t.datetime_complete or datetime.max) >= self.started),  # earlier runs' are not news
+                     key=lambda t: (t.datetime_complete or datetime.max, t.number))
         c = _counts(study)
         done = c["finished"] - self.start
-        if trial.state == optuna.trial.TrialState.COMPLETE:
-            res = ", ".join(f"{m} {v:.4g}" for m, v in zip(self.spec.metrics, trial.values))
-        elif trial.state == optuna.trial.TrialState.PRUNED:
-            res = f"pruned at epoch {trial.user_attrs.get('pruned_at_epoch', '?')}"
-        else:
-            reason = str(trial.user_attrs.get("fail_reason", "")).strip()
-            res = f"failed: {reason.splitlines()[0][:200]}" if reason else "failed"
         if self.spec.multi_objective:
             best = f"{len(study.best_trials)} on the Pareto front"
         else:
@@ -153,12 +164,15 @@ class Progress:
             best = f"best {b.value:.4g} (trial {b.number})" if b else "no complete trial yet"
         elapsed = time.perf_counter() - self.t0
         eta = self.eta(elapsed, done)
-        print(
-            f"[{done:>{len(str(self.total))}}/{self.total}] trial {trial.number} {trial.state.name.lower()}: {res} | "
-            f"{best} | {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed | "
-            f"elapsed {_fmt_elapsed(elapsed)}{eta}",
-            flush=True,
-        )
+        width = len(str(self.total))
+        for t in [*new, *own]:
+            self.shown.add(t.number)
+            print(
+                f"[{done:>{width}}/{self.total}] trial {t.number} {t.state.name.lower()}: {self.result(t)} | "
+                f"{best} | {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed | "
+                f"elapsed {_fmt_elapsed(elapsed)}{eta}",
+                flush=True,
+            )
 
 
 def summary(study: optuna.Study, spec: StudySpec, url: str, artifacts: str, start: dict[str, int], seconds: float, interrupted: bool) -> str:
@@ -380,12 +394,11 @@ def _stop(children: list[subprocess.Popen]) -> None:
 def optimize(study: optuna.Study, w: Worker, children: list[subprocess.Popen], start: dict[str, int], quiet: bool) -> bool:
     """Run this worker's trials and wait for the others; returns whether it was interrupted (Ctrl-C or
     SIGTERM: the running trial fails, the children get SIGINT and a minute to stop)."""
+    progress = Progress(w.spec, w.options.trials, start["finished"], quiet, w.options.timeout)
     try:
         dropped = trials_optimize(
             study, w.objective, _share(w.options.trials, w.options.jobs, w.index), w.options.timeout,
-            catch=(NonFiniteLoss, UserError, ArtifactError),
-            callbacks=[Progress(w.spec, w.options.trials, start["finished"], quiet, w.options.timeout)],
-            gc_after_trial=False,
+            catch=(NonFiniteLoss, UserError, ArtifactError), callbacks=[progress], gc_after_trial=False,
         )
         if dropped:
             print(f"warning: {dropped} trial(s) of this worker were failed as stale while they ran (heartbeats "
@@ -393,6 +406,7 @@ def optimize(study: optuna.Study, w: Worker, children: list[subprocess.Popen], s
                   file=sys.stderr, flush=True)
         for ch in children:
             ch.wait()
+        progress(study)  # the other workers' last trials
         return False
     except KeyboardInterrupt:
         _stop(children)

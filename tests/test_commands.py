@@ -501,3 +501,15 @@ def test_evaluate_refuses_uneven_groups_and_truth_without_a_y(tmp_path, capsys):
     assert call("evaluate", "--submission", tmp_path / "even.pt", "--truth", tmp_path / "truth-all.pt") == 0
     out = json.loads(capsys.readouterr().out)
     assert out["n_conditions"] == 3 and out["samples_per_condition"] == 2 and out["truth_recall"] == 1.0
+
+
+def test_run_jobs_prints_every_workers_trials_once(tmp_path):
+    """The other workers print nothing; the lead prints their trials beside its own, each once, and the
+    last ones after the workers stop, so a study run with --jobs shows all its trials."""
+    f = write_study(tmp_path / "tiny.yaml", train_size=300)
+    r = subprocess.run([sys.executable, "-m", "cvae_opt.run", "--study", str(f), "--trials", "4", "--jobs", "2",
+                        "--sampler", "random", "--storage", db(tmp_path)], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    printed = re.findall(r"^\[\s*\d+/4\] trial (\d+) complete", r.stdout, flags=re.M)
+    assert sorted(map(int, printed)) == [0, 1, 2, 3], r.stdout
