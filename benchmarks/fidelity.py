@@ -6,6 +6,12 @@ recall, what users judge). A pruner's rung is only as good as that correlation.
 
     python benchmarks/fidelity.py --study cvae_re --configs 20 --epochs 100 --train-size 5000
     python benchmarks/fidelity.py --from reports/fidelity.json      # the table again from the curves
+    python benchmarks/fidelity.py --from-study cvae_re --storage sqlite:///storage/cvae_opt.db
+
+`--from-study` reads a study's own curves (its objective's reported values): for each pair of rungs,
+the rank correlation between the values at the lower rung and at the higher one over the trials that
+reached the higher one, and, at each rung, the best trial of each latent type there: what its pruner
+saw when it promoted or stopped them.
 
 Curves are written to --out after every config, so a run stopped early (--max-seconds) still gives a
 table of the configs it finished.
@@ -93,6 +99,35 @@ def table(curves: list[dict], rungs: list[int]) -> None:
         print(f"| {m} | " + " | ".join(cells) + f" | {rho_recall:.2f} |")
 
 
+def study_table(name: str, storage: str, rungs: list[int]) -> None:
+    from scipy.stats import spearmanr
+
+    study = optuna.load_study(study_name=name, storage=storage)
+    trials = [t for t in study.get_trials(deepcopy=False) if t.intermediate_values]
+    print(machine_line(f"fidelity from study {name!r}: {len(trials)} trials with reported values, "
+                       f"objective {study.metric_names or ['value']}"))
+    print("| from rung | to rung | trials reaching it | Spearman |")
+    print("| --- | --- | --- | --- |")
+    for i, r in enumerate(rungs):
+        for big in rungs[i + 1:]:
+            both = [t for t in trials if r in t.intermediate_values and big in t.intermediate_values]
+            if len(both) >= 3:
+                rho = spearmanr([t.intermediate_values[r] for t in both], [t.intermediate_values[big] for t in both]).statistic
+                print(f"| {r} | {big} | {len(both)} | {rho:.2f} |")
+    print()
+    print("| rung | trials | best value by latent type (trial) |")
+    print("| --- | --- | --- |")
+    for r in rungs:
+        at = [t for t in trials if r in t.intermediate_values]
+        best: dict[str, tuple[float, int]] = {}
+        for t in at:
+            kind = str(t.params.get("latent_type", "-"))
+            if kind not in best or t.intermediate_values[r] > best[kind][0]:
+                best[kind] = (t.intermediate_values[r], t.number)
+        cells = ", ".join(f"{k} {v:.4f} ({n})" for k, (v, n) in sorted(best.items(), key=lambda kv: -kv[1][0]))
+        print(f"| {r} | {len(at)} | {cells} |")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--study", default="cvae_re")
@@ -104,8 +139,13 @@ def main() -> int:
     ap.add_argument("--max-seconds", type=float, help="start no new config after this many seconds")
     ap.add_argument("--out", default="reports/fidelity.json")
     ap.add_argument("--from", dest="source", help="print the table from recorded curves instead of training")
+    ap.add_argument("--from-study", help="print the rung-to-rung table of this study's own curves (with --storage)")
+    ap.add_argument("--storage", default="sqlite:///storage/cvae_opt.db")
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if args.from_study:
+        study_table(args.from_study, args.storage, args.rungs)
+        return 0
     if args.source:
         data = json.loads(Path(args.source).read_text())
         curves = [c | {"history": [with_combinations(m) for m in c["history"]]} for c in data["curves"]]
