@@ -41,7 +41,7 @@ def load_checkpoint(path: Path | str, device: torch.device | str = "cpu", *, pro
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise UserError(f"{path}: refused to load: it holds objects other than tensors and plain data") from None
+        raise UserError(f"{path}: refused to load: it holds code or objects that are not tensors or plain data") from None
     except Exception as exc:
         raise UserError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

@@ -211,10 +211,10 @@ def _torch_load(path: Path) -> object:
     try:
         with torch.serialization.safe_globals([TensorDataset]):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except pickle.UnpicklingError:
+        # torch's own text (ANSI codes, advice to load it with weights_only=False, which runs its code) is not shown
         raise UserError(
-            f"{path}: refused to load: it holds objects other than tensors ({first}); "
+            f"{path}: refused to load: it holds code or objects that are not tensors; "
             "expected a TensorDataset of (x, y) saved with torch.save"
         ) from None
     except Exception as exc:

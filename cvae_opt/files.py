@@ -22,12 +22,26 @@ def _umask() -> int:
 _UMASK = _umask()
 
 
+def check_out_path(path: Path | str) -> Path:
+    """`path` as a Path if a file can be written there: a folder, or a folder path running through a
+    file, is one UserError (commands call it on --out before any work; `atomic_write` calls it too)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a directory; give a file path")
+    folder = path.parent
+    while str(folder) not in ("", ".") and not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{path}: {folder} is a file, not a folder; give a file path in a folder")
+    return path
+
+
 def atomic_write(path: Path | str, write: Callable[[IO[bytes]], None]) -> Path:
     """Call `write` on a temporary file beside `path`, fsync it, then rename it over `path`. The temporary
     file has a random name and is created exclusively (mkstemp: O_CREAT | O_EXCL, which refuses to follow
     a symlink planted there), and the rename replaces whatever is at `path`, a symlink included, rather than
     writing through it: a link left at a report's history.html is replaced, its target untouched."""
-    path = Path(path)
+    path = check_out_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -12,6 +12,7 @@ With a seeded generator the samples depend neither on the batch size nor on the 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -58,8 +59,10 @@ class SamplingOptions:
                 f"problem {problem.name!r}: refinement and oversampling (--refine, --oversample) fit line end points; "
                 f"for a problem of the {family_of(problem).name} family use the raw samples (drop those options)"
             )
-        if not self.temperature >= 0:
-            raise UserError(f"temperature must be >= 0 (--temperature), got {self.temperature}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise UserError(f"temperature must be a finite number >= 0 (--temperature), got {self.temperature}")
+        if not (math.isfinite(self.refine_lr) and self.refine_lr > 0):
+            raise UserError(f"refine lr must be a finite number > 0 (--refine-lr), got {self.refine_lr}")
         if self.draw not in DRAWS:
             raise UserError(f"draw {self.draw!r}: use one of {', '.join(DRAWS)}")
         if self.within not in WITHINS:

@@ -76,6 +76,20 @@ def _parse(url: str):  # noqa: ANN202 (sqlalchemy.engine.URL)
             f"malformed storage URL {mask_url(url)!r}: expected an SQLAlchemy URL such as "
             f"{DEFAULT_STORAGE} or postgresql://user:password@host/dbname"
         ) from None
+    except ValueError:  # the one number in a URL: host:abc
+        raise UserError(
+            f"malformed storage URL {_masked_text(url)!r}: its port must be a number, as in "
+            "postgresql://user:password@host:5432/dbname"
+        ) from None
+
+
+def _masked_text(url: str) -> str:
+    """`url` without what may be a password (user:password@) when SQLAlchemy cannot parse it."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest:
+        user, _, host = rest.rpartition("@")
+        return f"{scheme}://{user.split(':', 1)[0]}:***@{host}" if ":" in user else url
+    return url
 
 
 def sqlite_target(url: str) -> SqliteTarget | None:
@@ -206,6 +220,12 @@ def check_storage(url: str, *, create: bool = True, jobs: int = 1, reach: bool =
                             "worker processes that cannot see it; pass a file (sqlite:///storage/NAME.db) or --jobs 1")
         return
     path = target.path
+    folder = path.parent
+    while str(folder) not in ("", ".") and not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--storage {url}: {folder} is a file, not a folder, so {path} cannot be made there; "
+                        "pass sqlite:///storage/NAME.db")
     if path.is_dir():
         raise UserError(f"--storage {url}: {path} is a folder, not a database file; pass sqlite:///{path}/NAME.db")
     if not path.exists() or path.stat().st_size == 0:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserError
+from .errors import UserError, clipped
 from .files import atomic_write_text
 from .problems import Problem, resolve_problem
 
@@ -32,7 +32,7 @@ def read_survey(path: str | Path, problem: Problem | str) -> torch.Tensor:
     `problem`: a problem or its name (`gravity2d`)."""
     path = Path(path)
     problem = resolve_problem(problem)
-    if problem.positions is None or problem.k != 1:
+    if getattr(problem, "positions", None) is None or getattr(problem, "k", None) != 1:  # a line problem has none
         raise UserError(f"{path}: problem {problem.name!r} declares no station positions; give its measurements "
                         "as a file of pairs or an array")
     if not path.is_file():
@@ -40,18 +40,19 @@ def read_survey(path: str | Path, problem: Problem | str) -> torch.Tensor:
     try:
         with open(path, newline="") as fh:
             rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise UserError(f"{path}: cannot read it as CSV ({type(exc).__name__})") from None
     if len(rows) < 2 or len(rows[0]) < 2:
         raise UserError(f"{path}: expected a header row and one row per station, with the position (m) in the "
                         "first column and one column of readings per survey")
-    try:
-        values = np.array([[float(c) for c in r] for r in rows[1:]], dtype=np.float64)
-    except ValueError:
-        bad = next(i for i, r in enumerate(rows[1:], start=2) if not _numeric(r))
-        raise UserError(f"{path}: line {bad} is not all numbers: {','.join(rows[bad - 1])}") from None
-    if values.ndim != 2 or values.shape[1] != len(rows[0]):
-        raise UserError(f"{path}: every row must have {len(rows[0])} columns, as the header has")
+    ragged = next((i for i, r in enumerate(rows[1:], start=2) if len(r) != len(rows[0])), None)
+    if ragged is not None:
+        raise UserError(f"{path}: line {ragged} has {len(rows[ragged - 1])} columns; every row must have "
+                        f"{len(rows[0])}, as the header has")
+    bad = next((i for i, r in enumerate(rows[1:], start=2) if not _numeric(r)), None)
+    if bad is not None:
+        raise UserError(f"{path}: line {bad} is not all numbers: {clipped(','.join(rows[bad - 1]))}")
+    values = np.array([[float(c) for c in r] for r in rows[1:]], dtype=np.float64)
     stations = np.asarray(problem.positions)
     order = np.argsort(values[:, 0])
     values = values[order]

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from .common import add_study_args, run_main, study_from_args
-from ..files import atomic_write_text
+from ..files import atomic_write_text, check_out_path
 from ..trials import best_trial, config_yaml, find_trial
 
 
@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trial", type=int, help="export this trial number instead of the best")
     ap.add_argument("--out", help="output file (default: print to stdout)")
     args = ap.parse_args(argv)
+    if args.out:
+        check_out_path(args.out)
     study = study_from_args(args)
     trial = find_trial(study, args.trial) if args.trial is not None else best_trial(study)
     text = config_yaml(study, trial, args.storage)

@@ -9,6 +9,7 @@ import sys
 from ..api import load_generator
 from .common import add_checkpoint_trust_args, add_sampling_args, checkpoint_trust, run_main, sampling_options
 from ..errors import UserError
+from ..files import check_out_path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.samples < 1 or args.batch < 1:
         raise UserError(f"--samples and --batch must be positive integers, got {args.samples} and {args.batch}")
+    check_out_path(args.out)  # before the work, not after it
     gen = load_generator(args.checkpoint, args.device, **checkpoint_trust(args))
     samples = gen.sample(args.conditions, args.samples, seed=args.seed, batch=args.batch, **sampling_options(args))
     samples.save(args.out)

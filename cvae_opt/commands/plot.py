@@ -14,6 +14,7 @@ from pathlib import Path
 from ..api import conditions, load_generator, plot_samples
 from .common import add_checkpoint_trust_args, add_sampling_args, checkpoint_trust, run_main, sampling_options
 from ..errors import UserError
+from ..files import check_out_path
 from ..figures import save_figure
 
 
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.n < 1 or args.samples < 1:
         raise UserError("--n and --samples must be positive")
+    check_out_path(args.out)  # before the work, not after it
     gen = load_generator(args.checkpoint, **checkpoint_trust(args))
     y = conditions(args.conditions, gen.problem)[: args.n]
     samples = gen.sample(y, args.samples, seed=args.seed, **sampling_options(args))
