@@ -476,6 +476,9 @@ def test_both_study_conditional_params_and_per_architecture_report(tmp_path):
         assert f"arch = {arch} ({archs.count(arch)} complete trials)" in index
         assert f"importance for score (arch = {arch})" in index  # an importance plot per architecture
     assert "computed per architecture" in index
+    rep = tmp_path / "rep"
+    assert list(rep.glob("importance_*_fanova.png")) and list(rep.glob("importance_*_pedanova.png"))
+    assert (rep / "contour.html").is_file() and (rep / "contour.png").stat().st_size > 0
 
 
 # -- 12. evaluate's input checks ---------------------------------------------------------------------

@@ -95,9 +95,13 @@ def test_report_writes_every_file_and_opens_offline(smoke):
     out = d / "reports" / "cvae_re"
     for name in ("index.html", "trials.csv", "best_model.pt", "best_config.yaml", "samples.png", "plotly.min.js",
                  "history.html", "history.png", "intermediate.html", "intermediate.png", "parallel.html",
-                 "parallel.png", "slice.html", "slice.png", "contour.html", "contour.png"):
+                 "parallel.png", "slice.html", "slice.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    assert list(out.glob("importance_*_fanova.png")) and list(out.glob("importance_*_pedanova.png"))
+    # one epoch of 2,000 pairs puts no sample on a solution: every trial's mode_pr is 0, which no parameter
+    # explains (importances and their contour are drawn from a study whose values differ: test_commands.py)
+    assert {t.value for t in study_of(d, "cvae_re").trials} == {0.0}
+    assert "nothing for importance to explain yet" in (out / "index.html").read_text()
+    assert not list(out.glob("importance_*")) and not (out / "contour.html").exists()
     for page in out.glob("*.html"):
         text = page.read_text()
         refs = re.findall(r'(?:src|href)\s*=\s*["\']([^"\']+)', text)

@@ -201,6 +201,10 @@ def importance_sections(page: Page, study: optuna.Study, metrics: list[str]) -> 
         if not group.enough:
             page.note("not enough complete trials with varying parameters for importance yet")
             continue
+        if len({tuple(t.values) for t in group.trials}) == 1:  # fANOVA fails on it, and no parameter explains it
+            page.note(f"every complete trial has the same {', '.join(metrics)} ({group.trials[0].values}): nothing "
+                      "for importance to explain yet")
+            continue
         sub = group.study(study.directions)
         for ti, imp in enumerate(importance.importances(study, group, metrics)):
             names = list(imp.values)
