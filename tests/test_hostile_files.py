@@ -6,8 +6,6 @@ temporary folder holding `evil.py`, which writes marker.txt when imported. No tr
 are built from untrained models (a few seconds in all, most of it process start-up)."""
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import torch
 from optuna.artifacts import upload_artifact
 from torch.utils.data import TensorDataset
 
+from hostile import cli, refused  # noqa: E402  (tests/hostile.py)
 from cvae_opt.checkpoints import FORMAT, save_checkpoint
 from cvae_opt.config import Config
 from cvae_opt.data import make_pairs, save_pairs
@@ -36,27 +35,6 @@ class Cls:
     pass
 """
 SMALL = {"latent": 2, "hidden": 16, "prior_hidden": 16, "channels": [4], "kernels": [5]}
-
-
-def cli(module, *args, cwd, pythonpath=None):
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    if pythonpath:
-        env["PYTHONPATH"] = str(pythonpath)
-    return subprocess.run([sys.executable, "-m", f"cvae_opt.{module}", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
-
-
-def refused(r, cwd, *expect):
-    """Exit 2, one `error:` line holding every `expect`, no traceback, nothing imported."""
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2, r.stderr
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    assert "Traceback" not in r.stderr + r.stdout
-    assert not (cwd / "marker.txt").exists(), "evil.py was imported"
-    assert "tensor(" not in r.stdout, "builtins:print was called"
-    for e in expect:
-        assert e in lines[0], r.stderr
-    return lines[0]
 
 
 def hostile_checkpoint(path, problem="two_birds", latent_type="gaussian"):

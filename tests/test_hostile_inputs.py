@@ -4,15 +4,13 @@ URL with a port that is not a number, an overlong study name, and pickles holdin
 a temporary folder; the checkpoints are untrained (no training anywhere), and `run` is refused before
 it draws any data."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+from hostile import cli, refused  # noqa: E402  (tests/hostile.py)
 from cvae_opt.checkpoints import FORMAT, save_checkpoint
 from cvae_opt.config import Config
 from cvae_opt.models import build_model
@@ -28,26 +26,6 @@ class Hostile:
 
     def __reduce__(self):
         return (Path.touch, (Path("marker.txt"),))
-
-
-def cli(module, *args, cwd):
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "CVAE_OPT_STORAGE")}
-    env["OMP_NUM_THREADS"] = "1"
-    return subprocess.run([sys.executable, "-m", f"cvae_opt.{module}", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
-
-
-def refused(r, cwd, *expect):
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2, r.stderr
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    assert "Traceback" not in r.stderr + r.stdout
-    assert "\x1b" not in r.stderr, "ANSI escape in the message"
-    assert "weights_only=False" not in r.stderr and "weights_only = False" not in r.stderr
-    assert not (cwd / "marker.txt").exists(), "a pickle's code ran"
-    for e in expect:
-        assert e in lines[0], r.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
