@@ -11,6 +11,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass, fields
@@ -33,6 +34,7 @@ from .trials import optimize as trials_optimize
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
 REQUEUED_FROM_ATTR = "requeued_from"  # on the trial that re-runs an interrupted one: that trial's number
+PROGRESS_POLL_SECONDS = 30.0  # how often the lead prints the other workers' finished trials while its own runs
 
 
 @dataclass
@@ -120,12 +122,14 @@ def _fmt_elapsed(seconds: float) -> str:
 class Progress:
     """One line per finished trial: count, its result, the best so far, the state counts, elapsed. The lead
     worker prints them all: each time one of its own trials ends, it also prints the trials the other
-    workers finished since (they print nothing, so lines do not interleave)."""
+    workers finished since, and `watch` prints those every PROGRESS_POLL_SECONDS while its own trial runs
+    (a 243-epoch trial takes 10 minutes); the other workers print nothing, so lines do not interleave."""
 
     def __init__(self, spec: StudySpec, total: int, start_finished: int, quiet: bool, timeout: float | None = None):
         self.spec, self.total, self.start, self.quiet, self.timeout = spec, total, start_finished, quiet, timeout
         self.t0, self.started = time.perf_counter(), datetime.now()  # Optuna's trial times are naive local times
         self.shown: set[int] = set()  # trials printed so far
+        self.lock = threading.Lock()  # the trial callback and the watcher thread print through one lock
 
     def eta(self, elapsed: float, done: int) -> str:
         """Time left: the trials left at the pace so far, or the --timeout left if that ends sooner (no new
@@ -150,6 +154,10 @@ class Progress:
         without `trial`, only those (after the other workers have stopped)."""
         if self.quiet:
             return
+        with self.lock:
+            self._print(study, trial)
+
+    def _print(self, study: optuna.Study, trial: optuna.trial.FrozenTrial | None) -> None:
         finished = [t for t in study.get_trials(deepcopy=False) if t.state in FINISHED]
         own = [] if trial is None else [trial]
         new = sorted((t for t in finished if t.number not in self.shown and t.number not in {o.number for o in own}
@@ -173,6 +181,23 @@ class Progress:
                 f"elapsed {_fmt_elapsed(elapsed)}{eta}",
                 flush=True,
             )
+
+
+def watch(progress: Progress, study: optuna.Study, stop: threading.Event, every: float = PROGRESS_POLL_SECONDS) -> threading.Thread:
+    """A daemon thread printing the other workers' finished trials every `every` seconds until `stop` is set.
+    It only reads: a storage error on a poll is skipped (the trial's own callback and the next poll
+    print what it missed; a storage that is really down fails the trial loop itself)."""
+
+    def loop() -> None:
+        while not stop.wait(every):
+            try:
+                progress(study)
+            except Exception:  # noqa: BLE001 - a display poll must never stop the study
+                continue
+
+    thread = threading.Thread(target=loop, name="cvae-opt-progress", daemon=True)
+    thread.start()
+    return thread
 
 
 def summary(study: optuna.Study, spec: StudySpec, url: str, artifacts: str, start: dict[str, int], seconds: float, interrupted: bool) -> str:
@@ -395,6 +420,9 @@ def optimize(study: optuna.Study, w: Worker, children: list[subprocess.Popen], s
     """Run this worker's trials and wait for the others; returns whether it was interrupted (Ctrl-C or
     SIGTERM: the running trial fails, the children get SIGINT and a minute to stop)."""
     progress = Progress(w.spec, w.options.trials, start["finished"], quiet, w.options.timeout)
+    stop = threading.Event()
+    if children and not quiet:
+        watch(progress, study, stop)
     try:
         dropped = trials_optimize(
             study, w.objective, _share(w.options.trials, w.options.jobs, w.index), w.options.timeout,
@@ -406,6 +434,7 @@ def optimize(study: optuna.Study, w: Worker, children: list[subprocess.Popen], s
                   file=sys.stderr, flush=True)
         for ch in children:
             ch.wait()
+        stop.set()
         progress(study)  # the other workers' last trials
         return False
     except KeyboardInterrupt:
@@ -414,6 +443,8 @@ def optimize(study: optuna.Study, w: Worker, children: list[subprocess.Popen], s
     except BaseException:  # a storage that refuses writes, a bug: the other workers are not left behind
         _stop(children)
         raise
+    finally:
+        stop.set()
 
 
 def report_failed_workers(children: list[subprocess.Popen], heartbeat: int) -> int:

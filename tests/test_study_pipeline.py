@@ -51,12 +51,13 @@ def test_trials_are_recorded_with_attrs_and_artifacts(smoke):
             assert key in t.user_attrs, key
         cfg = t.user_attrs["config"]
         assert cfg["model"]["arch"] == "cvae_re" and cfg["train"]["epochs"] == 1 and cfg["data"]["train_size"] == 2000
-        assert cfg["train"]["lr"] == t.params["lr"] and cfg["model"]["latent_type"] == t.params["latent_type"]
-        if t.params["latent_type"] != "categorical":  # Gaussian dimensions are searched where there are any
-            assert cfg["model"]["latent"] == t.params["latent"]
+        assert cfg["train"]["lr"] == t.params["lr"] and cfg["train"]["grad_clip"] == 20.0  # fixed by the study
+        assert cfg["model"]["latent_type"] == "hypotheses" and "latent_type" not in t.params
+        assert cfg["model"]["components"] == t.params["components"] and "latent" not in t.params
+        if t.params["recognition"] == "encoder":  # the encoder's shape is searched only where there is one
+            assert len(cfg["model"]["channels"]) == t.params["conv_depth"]
         else:
-            assert "latent" not in t.params and cfg["model"]["components"] == t.params["components"]
-        assert len(cfg["model"]["channels"]) == t.params["conv_depth"]
+            assert not {"conv_depth", "conv_channels", "kernel_size"} & set(t.params)
         assert t.intermediate_values and 1 in t.intermediate_values
         metas = optuna.artifacts.get_all_artifact_meta(t, storage=study._storage)
         kinds = sorted(m.mimetype for m in metas)
@@ -355,7 +356,8 @@ def test_the_shipped_cvae_re_study_prunes_up_to_its_full_budget():
     args, budget = spec.pruner["args"], spec.epochs
     rungs = [args["min_resource"] * args["reduction_factor"] ** k for k in range(10)]
     assert spec.pruner["name"] == "successive_halving" and budget in rungs and budget >= 200
-    assert "hypotheses" in {p.name: p for p in spec.search}["latent_type"].choices
+    assert spec.fixed["latent_type"] == "hypotheses" and "latent_type" not in {p.name for p in spec.search}
+    assert spec.fixed["grad_clip"] > 0
 
 
 def test_progress_eta_says_when_the_timeout_ends_the_study_first():
@@ -367,3 +369,29 @@ def test_progress_eta_says_when_the_timeout_ends_the_study_first():
     assert Progress(spec, 1000, 0, quiet=True, timeout=5400).eta(600.0, 10) == ", timeout in 1:20:00"
     assert Progress(spec, 20, 0, quiet=True, timeout=5400).eta(600.0, 10) == ", ETA 0:10:00"  # trials end first
     assert Progress(spec, 20, 0, quiet=True, timeout=5400).eta(600.0, 20) == ""
+
+
+def test_the_lead_prints_other_workers_trials_while_its_own_trial_runs(tmp_path, capsys):
+    """With --jobs > 1 the lead prints every worker's trials; a watcher thread prints the others' between the
+    lead's own (whose 243-epoch trials take minutes), each once."""
+    import threading
+    import time
+
+    from cvae_opt.studies import load_study_file
+    from cvae_opt.workers import Progress, watch
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db", direction="maximize")
+    progress = Progress(load_study_file("cvae_re"), 10, 0, quiet=False)
+    stop = threading.Event()
+    thread = watch(progress, study, stop, every=0.02)
+    study.add_trial(optuna.trial.create_trial(value=0.25, params={}, distributions={}))  # another worker's
+    out, deadline = "", time.monotonic() + 60
+    while "trial 0 complete: mode_pr 0.25" not in out and time.monotonic() < deadline:
+        stop.wait(0.02)
+        out += capsys.readouterr().out
+    stop.set()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert "[ 1/10] trial 0 complete: mode_pr 0.25 | best 0.25 (trial 0)" in out, out
+    progress(study)  # what the lead prints when the others stop: nothing twice
+    assert (out + capsys.readouterr().out).count("trial 0 complete") == 1
