@@ -258,3 +258,31 @@ def test_generation_in_small_batches_equals_one_batch(cache, latent):
     # the refined pipeline too: oversampled draws refined in small decoder batches
     opts = SamplingOptions(refine_steps=4, oversample=2)
     assert torch.allclose(post.sample(y, 4, opts, seed=2, batch=4), post.sample(y, 4, opts, seed=2, batch=8192), atol=1e-5)
+
+
+def test_grad_norms_benchmark_prints_every_epochs_norms_before_the_clip(cache, tmp_path):
+    """benchmarks/grad_norms.py (the measurement behind the cvae_re study's grad_clip) trains the config and
+    prints each epoch's gradient norms as the steps had them, the clip applied to the update only."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = tmp_path / "c.yaml"
+    path.write_text(config(cache, epochs=5).to_yaml())
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "grad_norms.py"
+
+    def norms(*extra):
+        r = subprocess.run([sys.executable, str(script), "--config", str(path), "--epochs", "2", *extra],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        rows = re.findall(r"epoch +(\d+)  loss +(\S+)  grad norm median +(\S+)  max +(\S+)", r.stdout)
+        assert [int(e) for e, *_ in rows] == [1, 2], r.stdout
+        return r.stdout, [(float(m), float(x)) for _, _, m, x in rows]
+
+    out, free = norms()
+    assert "2 of 5 epochs, 10 steps each, clip off" in out
+    assert all(0 < m <= x < math.inf for m, x in free)
+    out, clipped = norms("--clip", "1e-8")
+    assert "clip 1e-08" in out
+    assert min(m for m, _ in clipped) > 1e-6  # what is printed is the norm before clipping, not the clipped one
