@@ -55,7 +55,7 @@ def main() -> None:
         return n
 
     torch.nn.utils.clip_grad_norm_ = recording  # Training calls it by this name when grad_clip > 0
-    cfg.train.grad_clip = clip if clip > 0 else float("inf")  # unclipped: the norm is still measured
+    cfg.train.grad_clip = clip if clip > 0 else 1e30  # unclipped (no norm reaches it): the norm is still measured
     run = Training(cfg)
     if run.sched is not None:
         run.sched = torch.optim.lr_scheduler.CosineAnnealingLR(run.opt, T_max=max(1, schedule * run.steps_per_epoch))
