@@ -121,7 +121,8 @@ def study_table(name: str, storage: str, rungs: list[int]) -> None:
         at = [t for t in trials if r in t.intermediate_values]
         best: dict[str, tuple[float, int]] = {}
         for t in at:
-            kind = str(t.params.get("latent_type", "-"))
+            # searched, or fixed by the study file (then only in the trial's recorded config)
+            kind = str(t.params.get("latent_type") or t.user_attrs.get("config", {}).get("model", {}).get("latent_type", "-"))
             if kind not in best or t.intermediate_values[r] > best[kind][0]:
                 best[kind] = (t.intermediate_values[r], t.number)
         cells = ", ".join(f"{k} {v:.4f} ({n})" for k, (v, n) in sorted(best.items(), key=lambda kv: -kv[1][0]))
