@@ -59,9 +59,8 @@ def main() -> None:
     run = Training(cfg)
     if run.sched is not None:
         run.sched = torch.optim.lr_scheduler.CosineAnnealingLR(run.opt, T_max=max(1, schedule * run.steps_per_epoch))
-    print(machine_line())
-    print(f"{args.config}: {args.epochs} of {schedule} epochs, {run.steps_per_epoch} steps each, "
-          f"clip {'off' if clip <= 0 else clip}")
+    print(machine_line(f"{args.config}: {args.epochs} of {schedule} epochs, {run.steps_per_epoch} steps each, "
+                       f"clip {'off' if clip <= 0 else clip}"))
     t0 = time.perf_counter()
     for m in run.epochs():
         step_norms = norms[-run.steps_per_epoch:]
