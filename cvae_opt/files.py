@@ -28,12 +28,18 @@ def check_out_path(path: Path | str) -> Path:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path} is a directory; give a file path")
-    folder = path.parent
+    blocking = file_in_the_way(path)
+    if blocking is not None:
+        raise UserError(f"{path}: {blocking} is a file, not a folder; give a file path in a folder")
+    return path
+
+
+def file_in_the_way(path: Path | str) -> Path | None:
+    """The nearest existing ancestor folder of `path` when it is a file (so `path` can never be made), else None."""
+    folder = Path(path).parent
     while str(folder) not in ("", ".") and not folder.exists() and folder != folder.parent:
         folder = folder.parent
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"{path}: {folder} is a file, not a folder; give a file path in a folder")
-    return path
+    return folder if folder.exists() and not folder.is_dir() else None
 
 
 def atomic_write(path: Path | str, write: Callable[[IO[bytes]], None]) -> Path:

@@ -22,6 +22,7 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
 from .errors import StorageError, UserError
+from .files import file_in_the_way
 
 DEFAULT_STORAGE = "sqlite:///storage/cvae_opt.db"
 # the storage URL when --storage is not given: what `run` hands its worker processes (a URL in their
@@ -220,10 +221,8 @@ def check_storage(url: str, *, create: bool = True, jobs: int = 1, reach: bool =
                             "worker processes that cannot see it; pass a file (sqlite:///storage/NAME.db) or --jobs 1")
         return
     path = target.path
-    folder = path.parent
-    while str(folder) not in ("", ".") and not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if folder.exists() and not folder.is_dir():
+    folder = file_in_the_way(path)
+    if folder is not None:
         raise UserError(f"--storage {url}: {folder} is a file, not a folder, so {path} cannot be made there; "
                         "pass sqlite:///storage/NAME.db")
     if path.is_dir():

@@ -434,7 +434,6 @@ def optimize(study: optuna.Study, w: Worker, children: list[subprocess.Popen], s
                   file=sys.stderr, flush=True)
         for ch in children:
             ch.wait()
-        stop.set()
         progress(study)  # the other workers' last trials
         return False
     except KeyboardInterrupt:
