@@ -3,17 +3,22 @@
 For each model: the epoch time of `cvae_opt.train` (its training loop, validation excluded) against an
 in-memory floor: the same model, loss and optimizer stepping over batches sliced beforehand, nothing
 else. Runs alternate (ours then floor, floor then ours, ...) and the medians are compared. Then the time to
-draw 50 x 30 samples. Last, the cost of `data.fresh` (new pairs from the prior every epoch, drawn on the
+draw 50 x 30 samples. Then the cost of `data.fresh` (new pairs from the prior every epoch, drawn on the
 training device) against a fixed training set, for the best cvae_re config: epoch times side by side,
-and the time to draw one epoch's pairs alone.
+and the time to draw one epoch's pairs alone. Last, the `hypotheses` latent's training step with its
+likelihood taken on the decoder's end points directly against the same step that builds every
+hypothesis' lines first and reads the end points back (what it did before), with and without the
+physics term (which needs the lines).
 
     python benchmarks/throughput.py                       # 20,000 pairs, CPU or the GPU if present
     python benchmarks/throughput.py --pairs 100000 --device cuda
+    python benchmarks/throughput.py --hypotheses-only      # the last table alone (about a minute)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -74,10 +79,12 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--fresh-only", action="store_true", help="only the fresh-pairs table")
+    ap.add_argument("--hypotheses-only", action="store_true", help="only the hypotheses-step table")
     args = ap.parse_args()
     device = resolve_device(args.device)
-    if args.fresh_only:
-        fresh_table(args, device)
+    if args.fresh_only or args.hypotheses_only:
+        print(machine_line("throughput") + f", device {device}")
+        (fresh_table if args.fresh_only else hypotheses_table)(args, device)
         return 0
     print(machine_line("throughput") + ", "
           f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
@@ -112,7 +119,48 @@ def main() -> int:
         o, f, g = statistics.median(ours), statistics.median(floor), statistics.median(gens)
         print(f"| {label} | {o:.2f} | {f:.2f} | {o / f:.3f} | {g:.4f} | {1500 / g:,.0f} |", flush=True)
     fresh_table(args, device)
+    hypotheses_table(args, device)
     return 0
+
+
+def hypotheses_table(args: argparse.Namespace, device: torch.device, steps: int = 30) -> None:
+    """ms per training step of studies/best/cvae_re.yaml: end points straight from the decoder against
+    lines built and read back, alternating which runs first; the median over `steps` steps."""
+    cfg = Config.from_yaml_file(ROOT / "studies/best/cvae_re.yaml")
+    problem = resolve_problem(cfg.data.problem)
+    bs = cfg.train.batch_size
+    pairs = draw_pairs(problem, bs * 4, torch.Generator(device=device).manual_seed(0))
+
+    def step_ms(w_y: float, ends: bool) -> float:
+        tc = dataclasses.replace(cfg.train, w_y=w_y)
+        torch.manual_seed(0)
+        model = build_model(cfg.model, problem).to(device)
+        if not ends:  # the lines path: decode every hypothesis' lines, read their end points back
+            model.latent.space = dataclasses.replace(model.latent.space, decode_all=None)
+        opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
+        times = []
+        for i in range(steps + 3):
+            xb, yb = pairs.x[(i % 4) * bs:(i % 4 + 1) * bs], pairs.y[(i % 4) * bs:(i % 4 + 1) * bs]
+            sync(device)
+            t0 = time.perf_counter()
+            loss, _ = model.loss(xb, yb, problem, tc, tc.beta)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sync(device)
+            times.append(time.perf_counter() - t0)
+        return 1e3 * statistics.median(times[3:])
+
+    print()
+    print(f"| hypotheses step (studies/best/cvae_re.yaml, K {cfg.model.components}, batch {bs}) | end points (ms) | lines built (ms) | speed-up |")
+    print("| --- | --- | --- | --- |")
+    for w_y in (cfg.train.w_y, 0.0):
+        runs: dict[bool, list[float]] = {True: [], False: []}
+        for i in range(args.repeats):
+            for ends in ((True, False) if i % 2 else (False, True)):
+                runs[ends].append(step_ms(w_y, ends))
+        e, l = statistics.median(runs[True]), statistics.median(runs[False])
+        print(f"| w_y {w_y:g} | {e:.1f} | {l:.1f} | {l / e:.2f}x |", flush=True)
 
 
 def fresh_table(args: argparse.Namespace, device: torch.device) -> None:

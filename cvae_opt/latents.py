@@ -282,10 +282,14 @@ class CategoricalLatent(LatentFamily):
     def _gaussian_z(self, q: dict, generator: torch.Generator | None) -> torch.Tensor | None:
         return None
 
-    def recognise(self, model, x, y, q, p, generator):
+    def _params(self, q: dict, p: dict) -> dict[str, torch.Tensor]:
+        """q's parameters (suffix _q) and r's (suffix _p); with exact recognition q's logits are the loss's."""
         if self.cfg.recognition == "exact":
-            q = {k: v for k, v in q.items() if k != "logits"}  # the loss computes them
-        out = {f"{k}_q": v for k, v in q.items()} | {f"{k}_p": v for k, v in p.items()}
+            q = {k: v for k, v in q.items() if k != "logits"}
+        return {f"{k}_q": v for k, v in q.items()} | {f"{k}_p": v for k, v in p.items()}
+
+    def recognise(self, model, x, y, q, p, generator):
+        out = self._params(q, p)
         out["x_all"] = model.decoder(self._gaussian_z(q, generator), y)
         return out
 
@@ -433,13 +437,18 @@ class HypothesesLatent(CategoricalLatent):
         return ScaleNet(cfg, problem, self.components, self.space.dims, family.y_scale(problem))
 
     def recognise(self, model, x, y, q, p, generator):
-        out = super().recognise(model, x, y, q, p, generator)
+        # every hypothesis' mean in theta (B, K, D): for the line head its end points, no lines built
+        out = self._params(q, p)
+        out["theta_all"] = self.space.theta_all(model.decoder, self._gaussian_z(q, generator), y)
         out["logstd_all"] = model.latent_net(y)
         return out
 
+    def _generated(self, model, out, y, ctx):
+        return self.space.from_theta(out["theta_all"]), torch.log_softmax(out["logits_p"], dim=-1)
+
     def _recon_c(self, model, out, x, ctx):
         theta = self.space.to_theta(x).unsqueeze(1) / self.x_scale  # (B, 1, D)
-        mu = self.space.to_theta(out["x_all"]) / self.x_scale  # (B, K, D)
+        mu = out["theta_all"] / self.x_scale  # (B, K, D)
         ls = out["logstd_all"]
         return (0.5 * ((theta - mu) * torch.exp(-ls)) ** 2 + ls + 0.5 * math.log(2 * math.pi)).sum(-1)
 

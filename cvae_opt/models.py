@@ -82,7 +82,8 @@ class CVAE(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Recognition pass: the parameters of q (suffix _q) and r (suffix _p), and the decoded x (x_hat
-        (B, *x_shape) for a Gaussian latent, every hypothesis x_all (B, K, *x_shape) for component latents)."""
+        (B, *x_shape) for a Gaussian latent, every hypothesis x_all (B, K, *x_shape) for component latents,
+        theta_all (B, K, D) for the `hypotheses` latent)."""
         q = self.encoder(x, y) if self.encoder is not None else {}
         return self.latent.recognise(self, x, y, q, self.prior_params(y), generator)
 

@@ -35,9 +35,8 @@ def batch():
 
 def direct_mixture_nll(model, x, y):
     """-log sum_c r(c|y) N(ends(x); mu_c(y), diag(sigma_c(y))^2), computed here from the networks' outputs."""
-    out = model(x, y)
     ends_x = torch.stack([x[:, 0, 0], x[:, -1, 0], x[:, 0, 1], x[:, -1, 1]], dim=-1)  # (B, 4)
-    xa = out["x_all"]
+    xa = model.decoder(None, y)  # every hypothesis as lines (B, K, P, 2): the path users draw from
     mu = torch.stack([xa[:, :, 0, 0], xa[:, :, -1, 0], xa[:, :, 0, 1], xa[:, :, -1, 1]], dim=-1)  # (B, K, 4)
     sigma = torch.exp(model.latent_net(y))
     normal = torch.distributions.Normal(mu, sigma)

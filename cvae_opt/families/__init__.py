@@ -38,11 +38,20 @@ LOSS_METRICS = ("val_loss", "val_kl", "val_recon", "val_physics")
 @dataclass(frozen=True)
 class HypothesisSpace:
     """The parameters theta in which a hypothesis of the `hypotheses` latent is a diagonal Gaussian:
-    `dims` numbers per model, `to_theta` x (..., *x_shape) -> (..., dims), `from_theta` its inverse."""
+    `dims` numbers per model, `to_theta` x (..., *x_shape) -> (..., dims), `from_theta` its inverse.
+    `decode_all` (decoder, z, y) -> (B, K, dims), where the decoder can emit theta without building x
+    (the line head's end points): the training loss then never builds K full models per pair."""
 
     dims: int
     to_theta: Callable[[Any], Any]
     from_theta: Callable[[Any], Any]
+    decode_all: Callable[[Any, Any, Any], Any] | None = None
+
+    def theta_all(self, decoder: Any, z: Any, y: Any) -> Any:
+        """Every hypothesis' mean in theta, (B, K, dims), for rows (z, y)."""
+        if self.decode_all is not None:
+            return self.decode_all(decoder, z, y)
+        return self.to_theta(decoder(z, y))
 
 
 class ProblemFamily:

@@ -90,17 +90,28 @@ class LineDecoder(nn.Module):
     def forward(self, z: torch.Tensor | None, y: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """x for rows (z, y): (B, P, 2) for component c (B,) or without components, else all K
         hypotheses (B, K, P, 2)."""
+        if self.head_kind == "line":
+            return self._lines(self.all_ends(z, y), c)
         b = y.shape[0]
-        inp = y.flatten(1) if z is None or self.z_dim == 0 else torch.cat([z, y.flatten(1)], dim=1)
+        inp = self._input(z, y)
         if self.one_hot:
             if c is None:  # all K: K rows per input row
                 return self._emit(self.trunk(with_every_component(inp, self.n_comp))).view(b, self.n_comp, self.n_points, 2)
             onehot = torch.nn.functional.one_hot(c, self.n_comp).to(inp.dtype)
             return self._emit(self.trunk(torch.cat([inp, onehot], dim=1)))
-        h = self.trunk(inp)
-        if self.head_kind == "signal":  # no components
-            return self._emit(h)
-        ends = self.ends(h).view(b, self.n_comp, 4)
+        return self._emit(self.trunk(inp))  # the signal head without components
+
+    def all_ends(self, z: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
+        """The line head's end points of all K hypotheses, (B, K, 4), without building the lines (what the
+        `hypotheses` latent's likelihood needs)."""
+        return self.ends(self.trunk(self._input(z, y))).view(y.shape[0], self.n_comp, 4)
+
+    def _input(self, z: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
+        return y.flatten(1) if z is None or self.z_dim == 0 else torch.cat([z, y.flatten(1)], dim=1)
+
+    def _lines(self, ends: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        """(B, K, 4) end points to lines: of component c (B,) if given, else of all K (B, K, P, 2)."""
+        b = ends.shape[0]
         if self.n_comp == 1:
             return line_points(ends[:, 0], self.n_points)
         if c is not None:
@@ -139,7 +150,7 @@ class LineFamily(ProblemFamily):
 
         n = problem.n_points
         return HypothesisSpace(4, lambda x: x[..., [0, -1], :].transpose(-1, -2).flatten(-2),
-                               lambda t: line_points(t, n))
+                               lambda t: line_points(t, n), lambda decoder, z, y: decoder.all_ends(z, y))
 
     def x_scale(self, problem: Any) -> float:
         return 1.0
