@@ -8,6 +8,10 @@ time to draw 200 samples for one survey after loading (median of 50 calls, one t
     python benchmarks/gravity.py --problem gravity2d --checkpoint runs/gravity_re/checkpoint.pt
     python benchmarks/gravity.py --problem gravity2d_blocks --checkpoint runs/gravity_re_blocks/checkpoint.pt
     python benchmarks/gravity.py --problem gravity2d          # the reference rows only
+    python benchmarks/gravity.py --problem gravity2d --conditions validation --checkpoint ...   # to choose
+
+`--conditions validation`: the first 50 validation truths the studies choose on (the data config's
+validation draw, seed 0, 1,000 pairs), for comparing configs; the test set gives the final figures.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_line  # noqa: E402
 
 from cvae_opt.api import conditions, load_generator  # noqa: E402
-from cvae_opt.data import load_pairs  # noqa: E402
+from cvae_opt.config import DataConfig  # noqa: E402
+from cvae_opt.data import load_pairs, load_validation  # noqa: E402
 from cvae_opt.field_metrics import evaluate_field_samples  # noqa: E402
 from cvae_opt.problems import resolve_problem  # noqa: E402
 
@@ -58,12 +63,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", nargs="*", default=[], help="trained generators to score (raw samples)")
     ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--json", help="write every figure here")
+    ap.add_argument("--conditions", choices=["test", "validation"], default="test",
+                    help="test: the 50 held-out truths (final figures); validation: the first 50 the studies choose on")
     args = ap.parse_args(argv)
     problem = resolve_problem(args.problem)
-    test = load_pairs(f"{args.problem}:test", problem)
-    y, truth = test.y, test.x
+    if args.conditions == "test":
+        pairs = load_pairs(f"{args.problem}:test", problem)
+    else:
+        val = load_validation(DataConfig(problem=args.problem, val_size=1000, seed=0), problem)
+        pairs = type(val)(val.x[:50], val.y[:50])
+    y, truth = pairs.y, pairs.x
     s = args.samples
-    print(machine_line(f"gravity quality, {args.problem}, {len(y)} held-out conditions x {s} samples"))
+    where = "held-out" if args.conditions == "test" else "validation"
+    print(machine_line(f"gravity quality, {args.problem}, {len(y)} {where} conditions x {s} samples"))
     rows: dict[str, dict[str, float]] = {}
     for ckpt in args.checkpoint:
         gen = load_generator(ckpt)

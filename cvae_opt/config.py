@@ -29,7 +29,7 @@ BODIES = ("conv", "mlp")
 LATENT_TYPES = ("gaussian", "categorical", "mixed", "hypotheses")  # latents.py builds them; a user's family is 'module:Class'
 COMPONENT_LATENTS = ("categorical", "mixed", "hypotheses")  # those whose `components` is their K
 RECOGNITIONS = ("encoder", "exact")
-DECODER_SCALES = ("fixed", "learnt")
+DECODER_SCALES = ("fixed", "learnt", "structured")
 COMPONENT_PRIORS = ("uniform", "learnt")
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "silu", "tanh")
 DRAWS = ("posterior", "coverage")
@@ -83,8 +83,11 @@ class ModelConfig:
     recognition: str = "encoder"
     # the reconstruction's noise scale: `fixed` (the loss is a plain mean squared error) or `learnt` (one
     # learnt sigma: the loss is the Gaussian negative log-likelihood 0.5 * (mse / sigma^2 + log sigma^2),
-    # so the assignment of x to hypotheses starts soft and sharpens as the fit improves)
+    # so the assignment of x to hypotheses starts soft and sharpens as the fit improves) or `structured`
+    # (p(x|z,y) = N(decoder(z,y), W W^T + diag(d^2)), W of rank `noise_rank`, learnt; every
+    # generated sample is the decoder mean plus a draw of it; a true ELBO at beta = 1 / (values of x))
     decoder_scale: str = "fixed"
+    noise_rank: int = 32
     # field problems (a grid or a profile): the networks' body, `conv` (strided 2D convolutions with
     # `channels` and `kernels` for grids, 1D for profiles) or `mlp` (the model flattened); line problems
     # keep their 1D convolutional encoder
@@ -100,7 +103,10 @@ class ModelConfig:
                 component_prior=COMPONENT_PRIORS, recognition=RECOGNITIONS, decoder_scale=DECODER_SCALES)
         if ":" not in self.latent_type:  # 'package.module:Class': a user's latent family, checked when built
             _one_of(self, where, latent_type=LATENT_TYPES)
-        _at_least(self, where, latent=1, hidden=1, prior_hidden=1, prior_depth=1, decoder_depth=1)
+        _at_least(self, where, latent=1, hidden=1, prior_hidden=1, prior_depth=1, decoder_depth=1, noise_rank=1)
+        if self.decoder_scale == "structured" and self.latent_type == "hypotheses":
+            raise UserError(f"{where}.decoder_scale structured: the hypotheses latent has its own learnt spread; "
+                            "use decoder_scale fixed with it, or structured with a gaussian, categorical or mixed latent")
         if len(self.channels) != len(self.kernels) or not self.channels:
             raise UserError(f"{where}.channels {shown(self.channels)} and {where}.kernels {shown(self.kernels)} must be non-empty "
                             "and of one length")

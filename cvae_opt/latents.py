@@ -243,7 +243,7 @@ class GaussianLatent(LatentFamily):
     def terms(self, model, out, x, y, ctx):
         tc = ctx.tc
         kl, kl_opt = gaussian_kl(out, tc.free_bits)
-        recon = model.reconstruction_nll(F.mse_loss(out["x_hat"], x) / ctx.x_var)
+        recon = model.reconstruction(out["x_hat"], x).mean()
         parts = {"kl": kl, "recon": recon}
         physics = None
         if not ctx.physics_off:
@@ -318,8 +318,8 @@ class CategoricalLatent(LatentFamily):
         return kl_opt + kl_c, recon, physics, parts
 
     def _recon_c(self, model, out, x, ctx) -> torch.Tensor:
-        """The reconstruction term of each hypothesis (B, K): mean squared error in x-scale units."""
-        return model.reconstruction_nll(((out["x_all"] - x.unsqueeze(1)) ** 2).flatten(2).mean(-1) / ctx.x_var)
+        """The reconstruction term of each hypothesis (B, K), per value in x-scale units."""
+        return model.reconstruction(out["x_all"], x.unsqueeze(1))
 
     def _gaussian_kl(self, out, tc) -> tuple[torch.Tensor, torch.Tensor, dict]:
         zero = out["logits_p"].new_zeros(())

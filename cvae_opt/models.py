@@ -12,6 +12,7 @@ ELBO terms and generation draws from the latent family (`latents`). The model ow
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ from .config import ModelConfig, TrainConfig
 from .families import family_of
 from .latents import LatentFamily, LossContext, latent_family, normal
 from .layers import mlp
+from .output_noise import StructuredNoise
 
 class PriorNet(nn.Module):
     """r(z | y) of the dual-encoder CVAE (and r(c | y), the component weights, for component latents); y
@@ -61,6 +63,10 @@ class CVAE(nn.Module):
             self.register_parameter("component_logits", None)
         # log sigma^2 of the reconstruction (decoder_scale: learnt)
         self.log_scale = nn.Parameter(torch.zeros(())) if cfg.decoder_scale == "learnt" else None
+        # the decoder's learnt low-rank-plus-diagonal output noise (decoder_scale: structured)
+        self.output_noise = (StructuredNoise(math.prod(self.x_shape), cfg.noise_rank)
+                             if cfg.decoder_scale == "structured" else None)
+        self.x_scale = family.x_scale(problem)
 
     def prior_params(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """The generation path's latent parameters for each y: mu/logvar (Gaussian part) and logits
@@ -72,6 +78,15 @@ class CVAE(nn.Module):
     def component_weights(self, y: torch.Tensor) -> torch.Tensor:
         """r(c | y), (M, K): the posterior weight the model gives each hypothesis."""
         return torch.softmax(self.prior_params(y)["logits"], dim=-1)
+
+    def reconstruction(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The reconstruction term of each decoded model x_hat (..., *x_shape) against x (broadcast), per
+        value of x in x-scale units, shape (...): the structured noise's negative log-likelihood, else
+        `reconstruction_nll` of the mean squared error."""
+        d = len(self.x_shape)
+        if self.output_noise is None:
+            return self.reconstruction_nll(((x_hat - x) ** 2).flatten(-d).mean(-1) / self.x_var)
+        return self.output_noise.nll(((x - x_hat) / self.x_scale).flatten(-d))
 
     def reconstruction_nll(self, mse: torch.Tensor) -> torch.Tensor:
         """The reconstruction term from a mean squared error: itself, or with a learnt noise scale the
@@ -101,6 +116,9 @@ class CVAE(nn.Module):
         kl_opt, recon, physics, parts = self.latent.terms(self, out, x, y, ctx)
         if self.log_scale is not None:
             parts["decoder_sigma"] = torch.exp(0.5 * self.log_scale.detach())
+        if self.output_noise is not None:  # the noise's typical standard deviation per value, in x units
+            cov = self.output_noise.factor.detach().pow(2).sum(1) + self.output_noise.diag_std().detach() ** 2
+            parts["noise_sigma"] = cov.mean().sqrt() * self.x_scale
         total = beta * kl_opt + tc.w_x * recon
         if physics is not None:
             parts["physics"] = physics
@@ -116,8 +134,12 @@ class CVAE(nn.Module):
         return self.latent.decode(self, y, p, {"eps": eps})
 
     def decode(self, y: torch.Tensor, draws: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Samples (M, n, *x_shape) through the generation path for fixed draws (`LatentFamily.draws`)."""
-        return self.latent.decode(self, y, self.prior_params(y), draws)
+        """Samples (M, n, *x_shape) through the generation path for fixed draws (`LatentFamily.draws`), plus
+        the structured output noise, part of every sample of such a model (`noise`, `StructuredNoise.draws`)."""
+        x = self.latent.decode(self, y, self.prior_params(y), draws)
+        if "noise" in draws and self.output_noise is not None:
+            x = x + self.x_scale * self.output_noise.sample(draws["noise"]).view(x.shape)
+        return x
 
 
 def build_model(cfg: ModelConfig, problem: Any) -> CVAE:

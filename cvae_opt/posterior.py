@@ -155,7 +155,10 @@ class Posterior:
             weights = None
             if model.latent.has_components:  # all components chosen at once: independent of the batching
                 weights = torch.cat([model.component_weights(y[i : i + per]).cpu() for i in range(0, y.shape[0], per)])
-            return model.latent.draws(y, n, generator, weights, spec)
+            draws = model.latent.draws(y, n, generator, weights, spec)
+            if model.output_noise is not None:  # p(x|z,y)'s own noise, drawn after the latent's (same streams)
+                draws["noise"] = model.output_noise.draws(y.shape[0], n, generator)
+            return draws
         finally:
             model.train(was_training)
 
