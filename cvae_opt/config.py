@@ -84,10 +84,9 @@ class ModelConfig:
     # the reconstruction's noise scale: `fixed` (the loss is a plain mean squared error) or `learnt` (one
     # learnt sigma: the loss is the Gaussian negative log-likelihood 0.5 * (mse / sigma^2 + log sigma^2),
     # so the assignment of x to hypotheses starts soft and sharpens as the fit improves) or `structured`
-    # (p(x|z,y) = N(decoder(z,y), W W^T + diag(d^2)), W of rank `noise_rank`, learnt; every
-    # generated sample is the decoder mean plus a draw of it; a true ELBO at beta = 1 / (values of x))
+    # (p(x|z,y) = N(decoder(z,y), P^-1), a full precision P learnt and shared by all y; every generated
+    # sample is the decoder mean plus a draw of it; a true ELBO at beta = 1 / (values of x))
     decoder_scale: str = "fixed"
-    noise_rank: int = 32
     # field problems (a grid or a profile): the networks' body, `conv` (strided 2D convolutions with
     # `channels` and `kernels` for grids, 1D for profiles) or `mlp` (the model flattened); line problems
     # keep their 1D convolutional encoder
@@ -103,10 +102,11 @@ class ModelConfig:
                 component_prior=COMPONENT_PRIORS, recognition=RECOGNITIONS, decoder_scale=DECODER_SCALES)
         if ":" not in self.latent_type:  # 'package.module:Class': a user's latent family, checked when built
             _one_of(self, where, latent_type=LATENT_TYPES)
-        _at_least(self, where, latent=1, hidden=1, prior_hidden=1, prior_depth=1, decoder_depth=1, noise_rank=1)
-        if self.decoder_scale == "structured" and self.latent_type == "hypotheses":
-            raise UserError(f"{where}.decoder_scale structured: the hypotheses latent has its own learnt spread; "
-                            "use decoder_scale fixed with it, or structured with a gaussian, categorical or mixed latent")
+        _at_least(self, where, latent=1, hidden=1, prior_hidden=1, prior_depth=1, decoder_depth=1)
+        if self.decoder_scale == "structured" and self.latent_type != "gaussian":
+            raise UserError(f"{where}.decoder_scale structured needs latent_type gaussian (got {shown(self.latent_type)}: "
+                            "its noise covariance is the running covariance of one reconstruction per pair); "
+                            "use decoder_scale fixed or learnt with that latent")
         if len(self.channels) != len(self.kernels) or not self.channels:
             raise UserError(f"{where}.channels {shown(self.channels)} and {where}.kernels {shown(self.kernels)} must be non-empty "
                             "and of one length")

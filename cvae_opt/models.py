@@ -63,9 +63,8 @@ class CVAE(nn.Module):
             self.register_parameter("component_logits", None)
         # log sigma^2 of the reconstruction (decoder_scale: learnt)
         self.log_scale = nn.Parameter(torch.zeros(())) if cfg.decoder_scale == "learnt" else None
-        # the decoder's learnt low-rank-plus-diagonal output noise (decoder_scale: structured)
-        self.output_noise = (StructuredNoise(math.prod(self.x_shape), cfg.noise_rank)
-                             if cfg.decoder_scale == "structured" else None)
+        # the decoder's learnt full-covariance output noise (decoder_scale: structured)
+        self.output_noise = StructuredNoise(math.prod(self.x_shape)) if cfg.decoder_scale == "structured" else None
         self.x_scale = family.x_scale(problem)
 
     def prior_params(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -116,9 +115,8 @@ class CVAE(nn.Module):
         kl_opt, recon, physics, parts = self.latent.terms(self, out, x, y, ctx)
         if self.log_scale is not None:
             parts["decoder_sigma"] = torch.exp(0.5 * self.log_scale.detach())
-        if self.output_noise is not None:  # the noise's typical standard deviation per value, in x units
-            cov = self.output_noise.factor.detach().pow(2).sum(1) + self.output_noise.diag_std().detach() ** 2
-            parts["noise_sigma"] = cov.mean().sqrt() * self.x_scale
+        if self.output_noise is not None and not torch.is_grad_enabled():  # validation: one inverse an epoch
+            parts["noise_sigma"] = self.output_noise.std().pow(2).mean().sqrt() * self.x_scale
         total = beta * kl_opt + tc.w_x * recon
         if physics is not None:
             parts["physics"] = physics

@@ -3,57 +3,88 @@
 A decoder mean alone is one model per z: the samples' spread is then all the latent's, and a latent of a
 few dozen dimensions cannot carry a posterior over hundreds of cells (issue 26: the tuned gravity model
 was too narrow in the data-informed directions, chi-squared 0.72 against the posterior's 0.97). Here
-p(x | z, y) = N(x; decoder(z, y), W W^T + diag(d^2)), with W (D x rank) and d (D) learnt and shared by all
-y, in units of the prior's scale (`x_scale`). For a linear forward problem with a Gaussian prior the
-exact posterior is of this form (its covariance does not depend on y), so the decoder mean learns the
-posterior mean and the noise its covariance in low rank plus diagonal; on other priors the latent keeps
-what is not Gaussian. Training uses the exact negative log-likelihood (torch's
-`LowRankMultivariateNormal`, Woodbury identity: O(D rank^2) a row), averaged per value like the other
-reconstruction terms, so beta = 1 / D makes the loss a true ELBO. Every generated sample is the decoder
-mean plus a draw of the noise (still one decoder pass).
+p(x | z, y) = N(x; decoder(z, y), S + f^2 I), S a full covariance shared by all y (the running covariance
+of the training residuals, `StructuredNoise`) and f a small fixed floor, in units of the prior's scale
+(`x_scale`). For a linear forward problem with a Gaussian prior the exact posterior is of this form (its
+covariance does not depend on y), so the decoder mean learns the posterior mean and the noise its
+covariance; on other priors the latent keeps what is not Gaussian. The exact likelihood (one Cholesky
+factorisation a step) is averaged per value like the other reconstruction terms, so beta = 1 / D makes
+the loss a true ELBO. Every generated sample is the decoder mean plus a draw chol(S + f^2 I) eps of the
+noise (still one decoder pass). Costs a D x D buffer, O(D^3) a step and O(D^2) a row: 0.26 M numbers for
+16 x 32 cells, 4.2 M for 32 x 64.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
-from torch.distributions import LowRankMultivariateNormal
 
-LOG_DIAG_MIN, LOG_DIAG_MAX = -9.0, 2.0  # log of the diagonal's standard deviation, in x-scale units
+FLOOR = 0.02  # a white-noise floor on the noise's standard deviation, in x-scale units
+MOMENTUM = 0.99  # of the running residual covariance, per training step (about 100 steps' residuals)
 
 
 class StructuredNoise(nn.Module):
-    """N(0, W W^T + diag(d^2)) over the D values of x (in x-scale units); d starts at 1 (the prior's
-    scale) and W small and random (W = 0 is a stationary point of the likelihood: its gradient in W is
-    proportional to W), so training starts from a broad, nearly independent noise and learns its structure."""
+    """N(0, S + FLOOR^2 I) over the D values of x (in x-scale units), S the running covariance of the
+    training residuals x - decoder(z, y) (z from the recognition pass).
 
-    def __init__(self, dims: int, rank: int):
+    S is not a gradient parameter: for a Gaussian p(x | z, y) whose covariance does not depend on y, the
+    covariance that maximises the ELBO given the networks is the expected residual covariance (the M-step
+    of EM), so each training step moves S toward its batch's residual covariance and the networks train
+    on the exact likelihood under it. A learnt factor did not train: a low-rank-plus-diagonal one stalled
+    at twice the posterior's spread, a full precision one at 0.7-0.86 of it with the mean 0.2 posterior
+    std off, a full covariance one diverged at epoch 6 (docs/findings.md section N); a smooth prior leaves
+    many directions with almost no variance, which a learnt factor chases. The floor keeps the likelihood
+    bounded there; at 2% of the prior's scale it adds 0.04% of the prior's variance to each value. S
+    starts at the identity (independent noise of the prior's scale)."""
+
+    def __init__(self, dims: int):
         super().__init__()
-        self.dims, self.rank = int(dims), int(rank)
-        self.factor = nn.Parameter(0.1 * torch.randn(self.dims, self.rank) / self.rank**0.5)
-        self.log_diag = nn.Parameter(torch.zeros(self.dims))
-
-    def diag_std(self) -> torch.Tensor:
-        return torch.exp(self.log_diag.clamp(LOG_DIAG_MIN, LOG_DIAG_MAX))
+        self.dims = int(dims)
+        self.register_buffer("running_cov", torch.eye(self.dims))
 
     def covariance(self) -> torch.Tensor:
-        """W W^T + diag(d^2), (D, D): the declared noise covariance (for checks and reports)."""
-        return self.factor @ self.factor.T + torch.diag(self.diag_std() ** 2)
+        """S + FLOOR^2 I, (D, D): the declared noise covariance."""
+        return self.running_cov + FLOOR**2 * torch.eye(self.dims, dtype=self.running_cov.dtype, device=self.running_cov.device)
+
+    def std(self) -> torch.Tensor:
+        """The noise's standard deviation per value (D,), in x-scale units."""
+        return self.covariance().diagonal().clamp_min(0).sqrt()
+
+    def _cholesky(self) -> torch.Tensor:
+        cov = self.covariance().double()
+        chol, info = torch.linalg.cholesky_ex(cov)
+        if int(info):  # not positive definite to double precision: symmetrise and lift by the floor again
+            chol = torch.linalg.cholesky(0.5 * (cov + cov.T) + FLOOR**2 * torch.eye(self.dims, dtype=cov.dtype, device=cov.device))
+        return chol.to(self.running_cov.dtype)
+
+    def update(self, residual: torch.Tensor) -> None:
+        """One step of the running covariance toward a batch's residuals (..., D), in x-scale units."""
+        r = residual.detach().reshape(-1, self.dims).to(self.running_cov.dtype)
+        if r.shape[0] and torch.isfinite(r).all():
+            self.running_cov.mul_(MOMENTUM).add_((r.T @ r) / r.shape[0], alpha=1.0 - MOMENTUM)
 
     def nll(self, residual: torch.Tensor) -> torch.Tensor:
-        """-log N(residual; 0, W W^T + diag(d^2)) / D per row: residual (..., D) in x-scale units -> (...)."""
-        dist = LowRankMultivariateNormal(torch.zeros_like(self.log_diag), self.factor, self.diag_std() ** 2,
-                                         validate_args=False)
-        return -dist.log_prob(residual) / self.dims
+        """-log N(residual; 0, S + FLOOR^2 I) / D per row: residual (..., D) in x-scale units -> (...). In
+        training (grad enabled, module in train mode) S first takes a step toward these residuals."""
+        if self.training and torch.is_grad_enabled():
+            self.update(residual)
+        chol = self._cholesky()
+        flat = residual.reshape(-1, self.dims)
+        white = torch.linalg.solve_triangular(chol, flat.T, upper=False).T
+        log_det = torch.log(chol.diagonal()).sum()
+        nll = (0.5 * (white**2).sum(-1) + log_det) / self.dims + 0.5 * math.log(2 * math.pi)
+        return nll.reshape(residual.shape[:-1])
 
     def draws(self, m: int, n: int, generator: torch.Generator) -> torch.Tensor:
-        """Standard-normal numbers for n noise draws per y, (M, n, rank + D), on the CPU from `generator`."""
-        return torch.randn(m, n, self.rank + self.dims, generator=generator)
+        """Standard-normal numbers for n noise draws per y, (M, n, D), on the CPU from `generator`."""
+        return torch.randn(m, n, self.dims, generator=generator)
 
     def sample(self, eps: torch.Tensor) -> torch.Tensor:
-        """Noise (..., D) from standard-normal eps (..., rank + D): W eps_rank + d * eps_D."""
-        eps = eps.to(self.factor)
-        return eps[..., : self.rank] @ self.factor.T + self.diag_std() * eps[..., self.rank :]
+        """Noise (..., D) from standard-normal eps (..., D): chol(S + FLOOR^2 I) eps."""
+        chol = self._cholesky()
+        return eps.to(chol) @ chol.T
 
     def extra_repr(self) -> str:
-        return f"dims={self.dims}, rank={self.rank}"
+        return f"dims={self.dims}, floor={FLOOR}, momentum={MOMENTUM}"
