@@ -84,8 +84,8 @@ class ModelConfig:
     # the reconstruction's noise scale: `fixed` (the loss is a plain mean squared error) or `learnt` (one
     # learnt sigma: the loss is the Gaussian negative log-likelihood 0.5 * (mse / sigma^2 + log sigma^2),
     # so the assignment of x to hypotheses starts soft and sharpens as the fit improves) or `structured`
-    # (p(x|z,y) = N(decoder(z,y), P^-1), a full precision P learnt and shared by all y; every generated
-    # sample is the decoder mean plus a draw of it; a true ELBO at beta = 1 / (values of x))
+    # (Gaussian latent: the loss as `fixed`, and every generated sample is the decoder mean plus a draw of
+    # N(0, S), S the running covariance of the training residuals, one for all y: cvae_opt/output_noise.py)
     decoder_scale: str = "fixed"
     # field problems (a grid or a profile): the networks' body, `conv` (strided 2D convolutions with
     # `channels` and `kernels` for grids, 1D for profiles) or `mlp` (the model flattened); line problems

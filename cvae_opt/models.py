@@ -80,12 +80,17 @@ class CVAE(nn.Module):
 
     def reconstruction(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The reconstruction term of each decoded model x_hat (..., *x_shape) against x (broadcast), per
-        value of x in x-scale units, shape (...): the structured noise's negative log-likelihood, else
-        `reconstruction_nll` of the mean squared error."""
+        value of x in x-scale units, shape (...): `reconstruction_nll` of the mean squared error (with the
+        structured noise, the squared error, and the noise's covariance steps toward the residuals)."""
         d = len(self.x_shape)
         if self.output_noise is None:
             return self.reconstruction_nll(((x_hat - x) ** 2).flatten(-d).mean(-1) / self.x_var)
-        return self.output_noise.nll(((x - x_hat) / self.x_scale).flatten(-d))
+        # structured: the networks train on the squared error (as with the fixed scale); the noise is the
+        # running covariance of their residuals, a step toward this batch's in each training step
+        residual = ((x - x_hat) / self.x_scale).flatten(-d)
+        if self.training and torch.is_grad_enabled():
+            self.output_noise.update(residual)
+        return (residual**2).mean(-1)
 
     def reconstruction_nll(self, mse: torch.Tensor) -> torch.Tensor:
         """The reconstruction term from a mean squared error: itself, or with a learnt noise scale the
@@ -115,8 +120,10 @@ class CVAE(nn.Module):
         kl_opt, recon, physics, parts = self.latent.terms(self, out, x, y, ctx)
         if self.log_scale is not None:
             parts["decoder_sigma"] = torch.exp(0.5 * self.log_scale.detach())
-        if self.output_noise is not None and not torch.is_grad_enabled():  # validation: one inverse an epoch
+        if self.output_noise is not None and not torch.is_grad_enabled() and "x_hat" in out:
+            # validation: the noise's typical spread (x units) and its likelihood of the residuals (per value)
             parts["noise_sigma"] = self.output_noise.std().pow(2).mean().sqrt() * self.x_scale
+            parts["noise_nll"] = self.output_noise.nll(((x - out["x_hat"]) / self.x_scale).flatten(1)).mean()
         total = beta * kl_opt + tc.w_x * recon
         if physics is not None:
             parts["physics"] = physics

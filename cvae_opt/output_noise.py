@@ -3,15 +3,22 @@
 A decoder mean alone is one model per z: the samples' spread is then all the latent's, and a latent of a
 few dozen dimensions cannot carry a posterior over hundreds of cells (issue 26: the tuned gravity model
 was too narrow in the data-informed directions, chi-squared 0.72 against the posterior's 0.97). Here
-p(x | z, y) = N(x; decoder(z, y), S + f^2 I), S a full covariance shared by all y (the running covariance
-of the training residuals, `StructuredNoise`) and f a small fixed floor, in units of the prior's scale
-(`x_scale`). For a linear forward problem with a Gaussian prior the exact posterior is of this form (its
-covariance does not depend on y), so the decoder mean learns the posterior mean and the noise its
-covariance; on other priors the latent keeps what is not Gaussian. The exact likelihood (one Cholesky
-factorisation a step) is averaged per value like the other reconstruction terms, so beta = 1 / D makes
-the loss a true ELBO. Every generated sample is the decoder mean plus a draw chol(S + f^2 I) eps of the
-noise (still one decoder pass). Costs a D x D buffer, O(D^3) a step and O(D^2) a row: 0.26 M numbers for
-16 x 32 cells, 4.2 M for 32 x 64.
+every generated sample is the decoder mean plus a draw of N(0, S + f^2 I), S one full covariance for all
+y and f a small fixed floor, in units of the prior's scale (`x_scale`), still one decoder pass. For a
+linear forward problem with a Gaussian prior the exact posterior is of this form (its covariance does
+not depend on y): the decoder learns the posterior mean and S its covariance; on other priors the latent
+keeps what is not Gaussian.
+
+S is not a gradient parameter but the running covariance of the training residuals x - decoder(z, y)
+(momentum 0.99 a step): for a Gaussian decoder whose covariance does not depend on y, that is the
+maximum-likelihood covariance given the networks (EM's M-step). The networks train on the squared
+error, as with the fixed scale. Both alternatives measured worse on gravity2d (docs/findings.md section
+N): a covariance learnt by gradient stalled (low rank plus diagonal: twice the posterior's spread; full
+precision: 0.7-0.86 of it) or diverged (full covariance), and training the mean on the likelihood under
+S weights the nearly degenerate directions thousands of times more than those that matter (mean 0.18
+posterior standard deviations off, against 0.06 with the squared error). Costs a D x D buffer, O(D^2) a
+training row and a Cholesky factorisation per generation call: 0.26 M numbers for 16 x 32 cells, 4.2 M
+for 32 x 64.
 """
 
 from __future__ import annotations
@@ -27,17 +34,11 @@ MOMENTUM = 0.99  # of the running residual covariance, per training step (about 
 
 class StructuredNoise(nn.Module):
     """N(0, S + FLOOR^2 I) over the D values of x (in x-scale units), S the running covariance of the
-    training residuals x - decoder(z, y) (z from the recognition pass).
-
-    S is not a gradient parameter: for a Gaussian p(x | z, y) whose covariance does not depend on y, the
-    covariance that maximises the ELBO given the networks is the expected residual covariance (the M-step
-    of EM), so each training step moves S toward its batch's residual covariance and the networks train
-    on the exact likelihood under it. A learnt factor did not train: a low-rank-plus-diagonal one stalled
-    at twice the posterior's spread, a full precision one at 0.7-0.86 of it with the mean 0.2 posterior
-    std off, a full covariance one diverged at epoch 6 (docs/findings.md section N); a smooth prior leaves
-    many directions with almost no variance, which a learnt factor chases. The floor keeps the likelihood
-    bounded there; at 2% of the prior's scale it adds 0.04% of the prior's variance to each value. S
-    starts at the identity (independent noise of the prior's scale)."""
+    training residuals x - decoder(z, y) (z from the recognition pass), `update`d by the model each
+    training step; S starts at the identity (independent noise of the prior's scale). The floor keeps
+    the noise's likelihood bounded where the posterior is nearly degenerate (a smooth prior leaves many
+    directions with almost no variance); at 2% of the prior's scale it adds 0.04% of the prior's
+    variance to each value."""
 
     def __init__(self, dims: int):
         super().__init__()
@@ -66,10 +67,7 @@ class StructuredNoise(nn.Module):
             self.running_cov.mul_(MOMENTUM).add_((r.T @ r) / r.shape[0], alpha=1.0 - MOMENTUM)
 
     def nll(self, residual: torch.Tensor) -> torch.Tensor:
-        """-log N(residual; 0, S + FLOOR^2 I) / D per row: residual (..., D) in x-scale units -> (...). In
-        training (grad enabled, module in train mode) S first takes a step toward these residuals."""
-        if self.training and torch.is_grad_enabled():
-            self.update(residual)
+        """-log N(residual; 0, S + FLOOR^2 I) / D per row: residual (..., D) in x-scale units -> (...)."""
         chol = self._cholesky()
         flat = residual.reshape(-1, self.dims)
         white = torch.linalg.solve_triangular(chol, flat.T, upper=False).T

@@ -46,21 +46,27 @@ def test_the_likelihood_is_the_full_covariance_gaussians():
 
 
 def test_training_moves_the_covariance_toward_the_residuals():
-    """Each training step is an M-step on the running covariance: fed residuals of a known covariance,
-    it converges to it; evaluation and no-grad calls leave it alone."""
-    noise = noise_with_values()
+    """Each training step of a model is an M-step on the running covariance: fed residuals of a known
+    covariance it converges to it; an evaluation-mode or no-grad reconstruction leaves it alone."""
+    cfg = Config.from_dict({"model": {"arch": "cvae_re", "body": "mlp", "latent": 2, "hidden": 8, "prior_hidden": 8,
+                                      "decoder_scale": "structured"}})
+    model = build_model(cfg.model, LINEAR)
+    noise = model.output_noise
     target = noise_with_values(seed=4).running_cov
     chol = torch.linalg.cholesky(target)
     g = torch.Generator().manual_seed(3)
+    zero = torch.zeros(256, 6)
     before = noise.running_cov.clone()
-    noise.eval()
-    noise.nll(torch.randn(256, 6, generator=g) @ chol.T)
-    noise.train()
+    model.eval()
+    model.reconstruction(zero, torch.randn(256, 6, generator=g) @ chol.T)
+    model.train()
     with torch.no_grad():
-        noise.nll(torch.randn(256, 6, generator=g) @ chol.T)
+        model.reconstruction(zero, torch.randn(256, 6, generator=g) @ chol.T)
     assert torch.equal(noise.running_cov, before)
     for _ in range(800):
-        noise.nll(torch.randn(256, 6, generator=g) @ chol.T)
+        x = torch.randn(256, 6, generator=g) @ chol.T
+        term = model.reconstruction(zero, x)
+    assert torch.allclose(term, (x**2).mean(-1))  # the networks' term is the squared error
     assert torch.allclose(noise.running_cov, target, atol=0.08 * float(target.diagonal().max()))
 
 
@@ -88,7 +94,7 @@ def test_a_structured_model_learns_the_linear_gaussian_posterior():
     cfg = Config.from_dict({"model": {"arch": "cvae_re", "body": "mlp", "skip": True, "latent": 2, "hidden": 64,
                                       "prior_hidden": 32, "decoder_scale": "structured"}})
     model = build_model(cfg.model, LINEAR)
-    tc = Config.from_dict({"train": {"beta": 1.0 / 6, "w_y": 0.0}}).train
+    tc = Config.from_dict({"train": {"beta": 1e-3, "w_y": 0.0}}).train
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 800)
     g = torch.Generator().manual_seed(0)
@@ -100,8 +106,8 @@ def test_a_structured_model_learns_the_linear_gaussian_posterior():
         opt.step()
         sched.step()
     assert torch.isfinite(loss)
-    with torch.no_grad():  # validation reports the noise's typical spread
-        assert "noise_sigma" in model.loss(pairs.x, pairs.y, LINEAR, tc, tc.beta)[1]
+    with torch.no_grad():  # validation reports the noise's typical spread and its likelihood
+        assert {"noise_sigma", "noise_nll"} <= set(model.loss(pairs.x, pairs.y, LINEAR, tc, tc.beta)[1])
     y = draw_pairs(LINEAR, 4, torch.Generator().manual_seed(5)).y
     x = Posterior(model, LINEAR).sample(y, 4000, seed=1).double()  # (4, 4000, 6)
     post_mean = (y.double().squeeze(-1) @ A) @ POST_COV / NOISE**2  # (4, 6)
@@ -111,7 +117,7 @@ def test_a_structured_model_learns_the_linear_gaussian_posterior():
     assert ratio.min() > 0.9 and ratio.max() < 1.1, ratio
     centred = x - x.mean(1, keepdim=True)
     emp = torch.einsum("mni,mnj->ij", centred, centred) / (4 * 4000)
-    assert torch.allclose(emp, POST_COV, atol=0.03)  # the correlations, not only the marginals
+    assert torch.allclose(emp, POST_COV, atol=0.05)  # the correlations too (off-diagonals up to 0.37)
 
 
 def test_draws_carry_the_noise_and_follow_the_seed():
