@@ -17,7 +17,7 @@ N): a covariance learnt by gradient stalled (low rank plus diagonal: twice the p
 precision: 0.7-0.86 of it) or diverged (full covariance), and training the mean on the likelihood under
 S weights the nearly degenerate directions thousands of times more than those that matter (mean 0.18
 posterior standard deviations off, against 0.06 with the squared error). Costs a D x D buffer, O(D^2) a
-training row and a Cholesky factorisation per generation call: 0.26 M numbers for 16 x 32 cells, 4.2 M
+training row and one Cholesky factorisation per value of S: 0.26 M numbers for 16 x 32 cells, 4.2 M
 for 32 x 64.
 """
 
@@ -44,6 +44,11 @@ class StructuredNoise(nn.Module):
         super().__init__()
         self.dims = int(dims)
         self.register_buffer("running_cov", torch.eye(self.dims))
+        self._chol: torch.Tensor | None = None  # the factor of the current covariance, until S changes
+
+    def _load_from_state_dict(self, *args, **kwargs):  # noqa: ANN002, ANN003
+        self._chol = None
+        super()._load_from_state_dict(*args, **kwargs)
 
     def covariance(self) -> torch.Tensor:
         """S + FLOOR^2 I, (D, D): the declared noise covariance."""
@@ -54,17 +59,22 @@ class StructuredNoise(nn.Module):
         return self.covariance().diagonal().clamp_min(0).sqrt()
 
     def _cholesky(self) -> torch.Tensor:
+        """chol(S + FLOOR^2 I), factorised once per value of S (generation calls reuse it)."""
+        if self._chol is not None and self._chol.device == self.running_cov.device:
+            return self._chol
         cov = self.covariance().double()
         chol, info = torch.linalg.cholesky_ex(cov)
         if int(info):  # not positive definite to double precision: symmetrise and lift by the floor again
             chol = torch.linalg.cholesky(0.5 * (cov + cov.T) + FLOOR**2 * torch.eye(self.dims, dtype=cov.dtype, device=cov.device))
-        return chol.to(self.running_cov.dtype)
+        self._chol = chol.to(self.running_cov.dtype)
+        return self._chol
 
     def update(self, residual: torch.Tensor) -> None:
         """One step of the running covariance toward a batch's residuals (..., D), in x-scale units."""
         r = residual.detach().reshape(-1, self.dims).to(self.running_cov.dtype)
         if r.shape[0] and torch.isfinite(r).all():
             self.running_cov.mul_(MOMENTUM).add_((r.T @ r) / r.shape[0], alpha=1.0 - MOMENTUM)
+            self._chol = None
 
     def nll(self, residual: torch.Tensor) -> torch.Tensor:
         """-log N(residual; 0, S + FLOOR^2 I) / D per row: residual (..., D) in x-scale units -> (...)."""

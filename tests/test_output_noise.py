@@ -135,3 +135,18 @@ def test_draws_carry_the_noise_and_follow_the_seed():
     with torch.no_grad():
         means = model.decode(pairs.y[:2], {k: v for k, v in draws.items() if k != "noise"})
     assert draws["noise"].shape == (2, 5, 6) and (a - means).abs().min() > 0
+
+
+def test_the_factor_follows_the_covariance_it_was_made_from(tmp_path):
+    """The Cholesky factor is cached for generation; a training step or a loaded state replaces it."""
+    noise = noise_with_values()
+    eps = torch.randn(3, 6, generator=torch.Generator().manual_seed(0))
+    first = noise.sample(eps)
+    assert torch.equal(noise.sample(eps), first)
+    noise.update(10.0 * torch.randn(64, 6, generator=torch.Generator().manual_seed(1)))
+    second = noise.sample(eps)
+    assert not torch.allclose(second, first)
+    other = noise_with_values(seed=9)
+    other.sample(eps)
+    other.load_state_dict(noise.state_dict())
+    assert torch.allclose(other.sample(eps), second)

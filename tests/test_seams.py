@@ -55,6 +55,7 @@ def test_two_trials_interleaved_epoch_by_epoch_equal_the_same_two_trained_apart(
 
 CHILD = """
 import sys, torch
+torch.set_num_threads(int(sys.argv[1]))  # the parent's: float sums depend on the thread count
 from test_seams import cfg
 from cvae_opt.posterior import Posterior
 from cvae_opt.train import Training
@@ -71,6 +72,7 @@ def test_a_seed_gives_the_same_model_in_another_process():
     for _ in run.epochs():
         pass
     x = Posterior(run.model, run.problem).sample(run.val_pairs.y[:4], 3, seed=0)
-    r = subprocess.run([sys.executable, "-c", CHILD], cwd=ROOT / "tests", capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-c", CHILD, str(torch.get_num_threads())], cwd=ROOT / "tests",
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == [repr(float(x.double().sum())), repr(run.history[-1]["train_loss"])]
