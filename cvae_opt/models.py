@@ -52,7 +52,8 @@ class CVAE(nn.Module):
         self.n_points, self.k = problem.n_points, problem.k
         self.x_shape = tuple(problem.x_shape)
         family = family_of(problem)
-        self.x_var, self.y_var = family.x_scale(problem) ** 2, family.y_scale(problem) ** 2  # the loss's units
+        self.x_scale = family.x_scale(problem)
+        self.x_var, self.y_var = self.x_scale**2, family.y_scale(problem) ** 2  # the loss's units
         encoder, decoder = family.bodies(problem)
         self.encoder = encoder(cfg, problem, self.latent) if self.latent.needs_encoder else None
         self.decoder = decoder(cfg, problem, self.latent)
@@ -63,9 +64,8 @@ class CVAE(nn.Module):
             self.register_parameter("component_logits", None)
         # log sigma^2 of the reconstruction (decoder_scale: learnt)
         self.log_scale = nn.Parameter(torch.zeros(())) if cfg.decoder_scale == "learnt" else None
-        # the decoder's learnt full-covariance output noise (decoder_scale: structured)
+        # the decoder's full-covariance output noise, the running covariance of its residuals (structured)
         self.output_noise = StructuredNoise(math.prod(self.x_shape)) if cfg.decoder_scale == "structured" else None
-        self.x_scale = family.x_scale(problem)
 
     def prior_params(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """The generation path's latent parameters for each y: mu/logvar (Gaussian part) and logits
@@ -83,14 +83,11 @@ class CVAE(nn.Module):
         value of x in x-scale units, shape (...): `reconstruction_nll` of the mean squared error (with the
         structured noise, the squared error, and the noise's covariance steps toward the residuals)."""
         d = len(self.x_shape)
-        if self.output_noise is None:
-            return self.reconstruction_nll(((x_hat - x) ** 2).flatten(-d).mean(-1) / self.x_var)
-        # structured: the networks train on the squared error (as with the fixed scale); the noise is the
-        # running covariance of their residuals, a step toward this batch's in each training step
-        residual = ((x - x_hat) / self.x_scale).flatten(-d)
-        if self.training and torch.is_grad_enabled():
-            self.output_noise.update(residual)
-        return (residual**2).mean(-1)
+        err = x_hat - x
+        if self.output_noise is not None and self.training and torch.is_grad_enabled():
+            # structured: the noise is the running covariance of the residuals, a step toward this batch's
+            self.output_noise.update(err.flatten(-d) / self.x_scale)
+        return self.reconstruction_nll((err**2).flatten(-d).mean(-1) / self.x_var)
 
     def reconstruction_nll(self, mse: torch.Tensor) -> torch.Tensor:
         """The reconstruction term from a mean squared error: itself, or with a learnt noise scale the
