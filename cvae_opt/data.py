@@ -37,6 +37,8 @@ CHALLENGE_FILES = {
 HELD_OUT = {
     "gravity2d:test": ("gravity2d", 50, 777_000_001),
     "gravity2d_blocks:test": ("gravity2d_blocks", 50, 777_000_002),
+    "gravity2d_32x64:test": ("gravity2d_32x64", 50, 777_000_003),
+    "gravity2d_32x64_blocks:test": ("gravity2d_32x64_blocks", 50, 777_000_004),
 }
 HELD_OUT_PREFIXES = tuple(sorted({k.partition(":")[0] + ":" for k in HELD_OUT}))
 

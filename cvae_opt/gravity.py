@@ -18,14 +18,24 @@ Priors:
 - `gaussian`: a Gaussian random field, mean 0, standard deviation 100 kg/m^3, squared-exponential
   correlation exp(-dx^2 / (2 lx^2) - dz^2 / (2 lz^2)) with lx = 200 m across and lz = 100 m down. The
   posterior under the linear forward map and Gaussian noise is Gaussian, computed exactly
-  (`GaussianPosterior`) and sampled with Matheron's update (a 32 x 32 factorisation).
+  (`GaussianPosterior`) and sampled with Matheron's update (an n_stations-square factorisation). Prior
+  draws use a dense square root of the covariance up to `DENSE_MAX_CELLS` cells (what every committed
+  figure was drawn with); on larger grids the square root of the separable correlation, Lz (x) Lx (two
+  small factorisations), and the exact posterior is left out (its dense covariance alone would be
+  n_cells^2 doubles: 537 MB at 64 x 128).
 - `blocks`: one to three compact bodies (rectangles or dipping slabs: random position, size, dip and
   contrast between 100 and 500 kg/m^3 of either sign) in a homogeneous background of contrast 0. No
   closed-form posterior: it has the depth / size / density trade-off that makes gravity non-unique.
 
+Grids built in (`GEOMETRIES`): `default` 16 x 32 cells of 50 m under 32 stations from 400 m before the
+grid to 400 m past it (`gravity2d`, `gravity2d_blocks`); `32x64`, the same 50 m cells over a domain 1.6 km
+deep and 3.2 km across under 64 stations with margins of 800 m, so the stations span the grid as the
+default's do (`gravity2d_32x64`, `gravity2d_32x64_blocks`); `64x128` under 128 stations (timing only:
+`benchmarks/grid_scaling.py`).
+
 The noise is Gaussian with standard deviation 5% of the median peak anomaly (max |g_z| over the
 stations) of 4,000 prior draws (seed 0), fixed per prior and grid: 0.0581 mGal for the gaussian prior and
-0.0403 mGal for blocks at the defaults (`Geometry`, `gravity2d`).
+0.0403 mGal for blocks on the default grid (`Geometry`, `gravity2d`); 0.0809 and 0.0278 mGal on the 32 x 64 grid.
 """
 
 from __future__ import annotations
@@ -72,6 +82,15 @@ class Geometry:
         xc = (np.arange(self.nx) + 0.5) * self.cell
         zc = (np.arange(self.nz) + 0.5) * self.cell
         return np.meshgrid(xc, zc)
+
+
+# the built-in grids (see the module docstring); the 32 x 64 one is the field-size problem of issue 26
+GEOMETRIES: dict[str, Geometry] = {
+    "default": Geometry(),
+    "32x64": Geometry(nz=32, nx=64, n_stations=64, margin=800.0),
+    "64x128": Geometry(nz=64, nx=128, n_stations=128, margin=1600.0),
+}
+DENSE_MAX_CELLS = 2048  # prior draws by a dense square root and the exact posterior up to this many cells
 
 
 def _require_harmonica():  # noqa: ANN202
@@ -179,6 +198,17 @@ class GaussianField:
         dz = (zc[:, None] - zc[None]) / self.length_z
         return self.std**2 * np.exp(-0.5 * (dx**2 + dz**2))
 
+    def factors(self, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+        """Square roots (Lz, Lx) of the correlation down and across, std folded into Lz: the covariance is
+        separable, C = Cz (x) Cx in the row-major cell order, so x = Lz E Lx^T for E (nz, nx) ~ N(0, I)."""
+        zc = (np.arange(geometry.nz) + 0.5) * geometry.cell
+        xc = (np.arange(geometry.nx) + 0.5) * geometry.cell
+        roots = []
+        for c, length, scale in ((zc, self.length_z, self.std), (xc, self.length_x, 1.0)):
+            vals, vecs = np.linalg.eigh(np.exp(-0.5 * ((c[:, None] - c[None]) / length) ** 2))
+            roots.append(scale * vecs * np.sqrt(np.clip(vals, 0.0, None)))
+        return roots[0], roots[1]
+
 
 @lru_cache(maxsize=8)
 def _field_factor(prior: GaussianField, geometry: Geometry) -> np.ndarray:
@@ -238,10 +268,14 @@ def draw_blocks(prior: Blocks, geometry: Geometry, n: int, gen: torch.Generator,
 def draw_prior(prior: GaussianField | Blocks, geometry: Geometry, n: int, gen: torch.Generator,
                dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """n models (n, nz, nx) from the prior, drawn on the generator's device."""
-    if isinstance(prior, GaussianField):
+    if isinstance(prior, GaussianField) and geometry.nz * geometry.nx <= DENSE_MAX_CELLS:
         L = torch.from_numpy(_field_factor(prior, geometry)).to(device=gen.device, dtype=dtype)
         eps = torch.randn(n, L.shape[1], generator=gen, device=gen.device, dtype=dtype)
         return (eps @ L.T).view(n, *geometry.shape)
+    if isinstance(prior, GaussianField):  # a large grid: the separable square root, no n_cells^2 matrix
+        Lz, Lx = (torch.from_numpy(f).to(device=gen.device, dtype=dtype) for f in prior.factors(geometry))
+        eps = torch.randn(n, geometry.nz, geometry.nx, generator=gen, device=gen.device, dtype=dtype)
+        return Lz @ eps @ Lx.T
     return draw_blocks(prior, geometry, n, gen, dtype)
 
 
@@ -322,7 +356,9 @@ def prior_named(name: str, **options: float) -> GaussianField | Blocks:
 
 
 def posterior_of(prior: GaussianField | Blocks, geometry: Geometry, noise: float) -> GaussianPosterior | None:
-    if not isinstance(prior, GaussianField):
+    """The exact posterior of the gaussian prior up to DENSE_MAX_CELLS cells; None for blocks (there is
+    none in closed form) and for larger grids (left out: dense n_cells^2 matrices)."""
+    if not isinstance(prior, GaussianField) or geometry.nz * geometry.nx > DENSE_MAX_CELLS:
         return None
     return GaussianPosterior(prior.covariance(geometry), _sensitivity(geometry), noise,
                              _field_factor(prior, geometry), geometry.shape)

@@ -181,9 +181,22 @@ def gravity2d(prior: str = "gaussian", name: str | None = None, geometry: Any = 
 
 
 # built when first named: they need Harmonica (the `gravity` extra) and a few seconds to build
+def _gravity_grid(prior: str, grid: str) -> Callable[[], FieldProblem]:
+    def build() -> FieldProblem:
+        from .gravity import GEOMETRIES
+
+        name = "gravity2d" + ("" if grid == "default" else f"_{grid}") + ("" if prior == "gaussian" else f"_{prior}")
+        return gravity2d(prior, name=name, geometry=GEOMETRIES[grid])
+
+    return build
+
+
 LAZY: dict[str, Callable[[], FieldProblem]] = {
     "gravity2d": lambda: gravity2d("gaussian"),
     "gravity2d_blocks": lambda: gravity2d("blocks", name="gravity2d_blocks"),
+    # the field-size grid: 32 x 64 cells of 50 m under 64 stations (gravity.GEOMETRIES)
+    "gravity2d_32x64": _gravity_grid("gaussian", "32x64"),
+    "gravity2d_32x64_blocks": _gravity_grid("blocks", "32x64"),
 }
 
 
@@ -251,7 +264,8 @@ def check_field_problem(spec: str, problem: Any) -> None:
 
 
 def resolve_problem(spec: str | Problem) -> Problem:
-    """A built-in name (`two_birds`, `gravity2d`, `gravity2d_blocks`) or an import path
+    """A built-in name (`two_birds`, `gravity2d`, `gravity2d_blocks`, `gravity2d_32x64`,
+    `gravity2d_32x64_blocks`) or an import path
     `package.module:attr`, where attr is a problem (any object with a `family`: a LineProblem, a
     FieldProblem, a user's own kind) or a forward function of line pairs (then the default box and slopes
     apply). A problem found by import path is probed once per process by its family."""
