@@ -1,7 +1,7 @@
 """Quality of gravity generators on held-out surveys, next to the limits: the exact posterior's own
 samples (gaussian prior), prior draws (the floor) and a Tikhonov least-squares inversion (one model).
 
-On the 50 held-out conditions of `gravity2d:test` / `gravity2d_blocks:test` (never used for training or
+On the 50 held-out conditions of `PROBLEM:test` (gravity2d, gravity2d_blocks and their 32 x 64 grids; never used for training or
 choosing configs), S samples each (default 200), every metric of `cvae_opt.field_metrics`. Also the
 time to draw 200 samples for one survey after loading (median of 50 calls, one thread and all threads).
 
@@ -59,7 +59,8 @@ def generation_ms(gen, y: torch.Tensor, n: int = 200, repeats: int = 50) -> floa
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--problem", default="gravity2d", choices=["gravity2d", "gravity2d_blocks"])
+    ap.add_argument("--problem", default="gravity2d",
+                    choices=["gravity2d", "gravity2d_blocks", "gravity2d_32x64", "gravity2d_32x64_blocks"])
     ap.add_argument("--checkpoint", nargs="*", default=[], help="trained generators to score (raw samples)")
     ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--json", help="write every figure here")

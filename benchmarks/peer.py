@@ -3,10 +3,11 @@ p(theta | y) from simulated pairs (NPE with a mixture density network, a neural 
 masked autoregressive flow; FMPE, flow matching) against a trained CVAE, each peer for the same
 training wall time, all scored by the same metric code on the same held-out conditions.
 
-- gravity2d / gravity2d_blocks: theta is the density model (512 cells), y the 32 g_z readings; both
-  are scored on `PROBLEM:test` (50 held-out truths, 200 samples each) by `cvae_opt.field_metrics`.
-  Default peer: `maf` alone (an affine flow represents the Gaussian posterior exactly, and the
-  README's gravity table is that run); `--estimators maf,nsf,fmpe` adds the others.
+- gravity2d / gravity2d_blocks: theta is the density model (512 cells), y the 32 g_z readings (on the
+  32 x 64 grids, gravity2d_32x64[_blocks]: 2,048 cells, 64 readings); all are scored on `PROBLEM:test`
+  (50 held-out truths, 200 samples each) by `cvae_opt.field_metrics`. Default peers: `maf,nsf,fmpe`
+  (the README's earlier gravity table was `--estimators maf` alone: an affine flow represents the
+  Gaussian posterior exactly).
 - two_birds: theta is the four end points (the low-dimensional parametrisation a user of sbi would
   pick, which hands the peer the straightness and box for free), y the 100 measured values; scored on
   `two_birds:scoring` (50 conditions, 30 samples each) by `cvae_opt.metrics` (mode precision, recall).
@@ -63,10 +64,10 @@ from cvae_opt.field_metrics import evaluate_field_samples  # noqa: E402
 from cvae_opt.metrics import enumerate_solutions, evaluate_samples  # noqa: E402
 from cvae_opt.problems import LineProblem, line_ends, line_points, resolve_problem  # noqa: E402
 
-TEST = {"two_birds": ("two_birds:scoring", 30), "gravity2d": ("gravity2d:test", 200),
-        "gravity2d_blocks": ("gravity2d_blocks:test", 200)}
-ESTIMATORS = {"two_birds": "mdn,nsf,fmpe", "gravity2d": "maf", "gravity2d_blocks": "maf"}
-PAIRS = {"two_birds": 500_000, "gravity2d": 100_000, "gravity2d_blocks": 100_000}
+GRAVITY = ("gravity2d", "gravity2d_blocks", "gravity2d_32x64", "gravity2d_32x64_blocks")
+TEST = {"two_birds": ("two_birds:scoring", 30), **{g: (f"{g}:test", 200) for g in GRAVITY}}
+ESTIMATORS = {"two_birds": "mdn,nsf,fmpe", **{g: "maf,nsf,fmpe" for g in GRAVITY}}
+PAIRS = {"two_birds": 500_000, **{g: 100_000 for g in GRAVITY}}
 NPE_MODELS = ("mdn", "nsf", "maf", "made")
 SHOWN = {
     "two_birds": ["mode_precision", "mode_recall", "valid_fraction", "misfit_rmse", "diversity"],

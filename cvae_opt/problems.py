@@ -197,6 +197,9 @@ LAZY: dict[str, Callable[[], FieldProblem]] = {
     # the field-size grid: 32 x 64 cells of 50 m under 64 stations (gravity.GEOMETRIES)
     "gravity2d_32x64": _gravity_grid("gaussian", "32x64"),
     "gravity2d_32x64_blocks": _gravity_grid("blocks", "32x64"),
+    # 64 x 128 cells under 128 stations: for timing how the suite grows with the grid (no exact posterior,
+    # no held-out test set; benchmarks/grid_scaling.py)
+    "gravity2d_64x128": _gravity_grid("gaussian", "64x128"),
 }
 
 
