@@ -51,9 +51,23 @@ class DataConfig:
     val_file: str | None = None
     cache_dir: str = DEFAULT_CACHE_DIR
     fresh: bool = False  # draw train_size new pairs from the prior every epoch, on the training device
+    # a fixed simulation budget (the benchmark tasks: 1000, 10000, 100000): training and validation pairs
+    # together, so training gets simulations - val_size of them and train_size is not used; 0: no budget
+    simulations: int = 0
+
+    @property
+    def training_pairs(self) -> int:
+        """How many training pairs this config draws: train_size, or under a budget what validation leaves."""
+        return self.simulations - self.val_size if self.simulations else self.train_size
 
     def validate(self, where: str = "data") -> None:
-        _at_least(self, where, train_size=1, val_size=1, noise=0.0)
+        _at_least(self, where, train_size=1, val_size=1, noise=0.0, simulations=0)
+        if self.simulations and self.simulations <= self.val_size:
+            raise UserError(f"{where}.simulations {self.simulations} leaves no training pairs after val_size "
+                            f"{self.val_size}; set val_size below the budget (e.g. a tenth of it)")
+        if self.simulations and (self.fresh or self.train_file):
+            raise UserError(f"{where}.simulations is a fixed budget of simulated pairs: drop "
+                            f"{'fresh' if self.fresh else 'train_file'}")
         if self.train_file and self.fresh:
             raise UserError(f"{where}.fresh draws new training pairs from the prior every epoch: drop "
                             f"{where}.train_file or set fresh: false")

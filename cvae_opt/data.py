@@ -23,7 +23,7 @@ from .config import DEFAULT_CACHE_DIR, DataConfig
 from .errors import UserError
 from .files import atomic_write
 from .families import family_of
-from .problems import Problem
+from .problems import BENCHMARK_TASKS, Problem
 CHALLENGE_DIR = Path(__file__).resolve().parent / "challenge_data"  # shipped with the package
 CHALLENGE_FILES = {
     "two_birds:scoring": "scoring_dataset.pt",
@@ -40,7 +40,10 @@ HELD_OUT = {
     "gravity2d_32x64:test": ("gravity2d_32x64", 50, 777_000_003),
     "gravity2d_32x64_blocks:test": ("gravity2d_32x64_blocks", 50, 777_000_004),
 }
-HELD_OUT_PREFIXES = tuple(sorted({k.partition(":")[0] + ":" for k in HELD_OUT}))
+# the benchmark tasks' ten observations with their true parameters (cvae_opt/benchmark_data, sbibm's own):
+# the conditions its C2ST figures are computed on, never training or validation data
+TASK_OBSERVATIONS = {f"{name}:observations": name for name in BENCHMARK_TASKS}
+HELD_OUT_PREFIXES = tuple(sorted({k.partition(":")[0] + ":" for k in [*HELD_OUT, *TASK_OBSERVATIONS]}))
 
 
 def challenge_dir() -> Path:
@@ -62,8 +65,16 @@ def resolve_data_path(name: Path | str) -> Path:
         problem = resolve_problem(problem_name)
         make_pairs(problem, n, seed)
         return cache_file(problem, n, seed, problem.noise, DEFAULT_CACHE_DIR)
+    if text in TASK_OBSERVATIONS:
+        from .benchmark_tasks import observations
+
+        path = Path(DEFAULT_CACHE_DIR) / f"{TASK_OBSERVATIONS[text]}-observations.pt"
+        if not path.is_file():
+            theta, y = observations(TASK_OBSERVATIONS[text])
+            save_pairs(path, Pairs(theta, y.unsqueeze(-1)), challenge_layout=False)
+        return path
     if text.startswith(("two_birds:",) + HELD_OUT_PREFIXES) and not Path(text).exists():
-        names = ", ".join([*CHALLENGE_FILES, *HELD_OUT])
+        names = ", ".join([*CHALLENGE_FILES, *HELD_OUT, *TASK_OBSERVATIONS])
         raise UserError(f"unknown built-in data {text!r}; use one of {names} or a file path")
     return Path(name)
 
@@ -107,23 +118,18 @@ def noise_of(problem: Problem, noise: float) -> float:
 def draw_pairs(problem: Problem, n: int, generator: torch.Generator, noise: float = 0.0) -> Pairs:
     """n fresh pairs from the prior, drawn on the generator's device (no cache, no copy): what
     `data.fresh` trains on, a new set every epoch."""
-    dev = generator.device
     noise = noise_of(problem, noise)
     x = draw_models(problem, n, generator, dtype=torch.float32)
-    with torch.no_grad():
-        y = problem(x)
-    if noise > 0:
-        y = y + noise * torch.randn(y.shape, generator=generator, device=dev)
-    return Pairs(x, y)
+    return Pairs(x, family_of(problem).simulate(problem, x, generator, noise))
 
 
 def problem_fingerprint(problem: Problem) -> str:
     """What a problem computes, as a short hash: its declared shape and prior, and its forward values
     (to 9 significant digits) on a fixed batch of prior draws. Cached data keyed by it is never reused
     after a user edits their forward function, even under the same name."""
-    x = draw_models(problem, 16, torch.Generator().manual_seed(20_211_116)).double()
-    with torch.no_grad():
-        y = problem(x).double().cpu().numpy()
+    gen = torch.Generator().manual_seed(20_211_116)
+    x = draw_models(problem, 16, gen).double()
+    y = family_of(problem).simulate(problem, x, gen).double().cpu().numpy()
     declared = family_of(problem).declared(problem)
     h = hashlib.sha256(repr(declared).encode())
     h.update(" ".join(np.format_float_scientific(v, precision=8) for v in y.ravel()).encode())
@@ -164,11 +170,7 @@ def make_pairs(
             return load_pairs(path, problem)
     gen = torch.Generator().manual_seed(seed)
     x = draw_models(problem, n, gen)
-    with torch.no_grad():
-        y = problem(x.double()).float()
-    if noise > 0:
-        y = y + noise * torch.randn(y.shape, generator=gen)
-    pairs = Pairs(x, y)
+    pairs = Pairs(x, family_of(problem).simulate(problem, x.double(), gen, noise).float())
     if path is not None:
         save_pairs(path, pairs, challenge_layout=family_of(problem).challenge_layout)
     return pairs
@@ -181,7 +183,7 @@ def load_training(d: DataConfig, problem: Problem) -> Pairs:
         return load_pairs(d.train_file, problem)
     if d.fresh:
         return draw_pairs(problem, d.train_size, torch.Generator().manual_seed(d.seed), d.noise)
-    return make_pairs(problem, d.train_size, d.seed, d.noise, d.cache_dir)
+    return make_pairs(problem, d.training_pairs, d.seed, d.noise, d.cache_dir)
 
 
 def load_validation(d: DataConfig, problem: Problem) -> Pairs:
@@ -193,7 +195,8 @@ def load_validation(d: DataConfig, problem: Problem) -> Pairs:
 
 
 def load_data(d: DataConfig, problem: Problem) -> tuple[Pairs, Pairs]:
-    """Training and validation pairs as a data config says."""
+    """Training and validation pairs as a data config says (refused first if the problem cannot honour it)."""
+    family_of(problem).check_data(d, problem)
     return load_training(d, problem), load_validation(d, problem)
 
 

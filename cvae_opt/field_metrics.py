@@ -77,6 +77,21 @@ def _dawid_sebastiani(xs: np.ndarray, truth: np.ndarray, var: np.ndarray, scale:
     return float(np.mean(z**2 + 2 * np.log(std / scale)))
 
 
+def calibration_metrics(xs: np.ndarray, truth: np.ndarray, scale: float) -> dict[str, float]:
+    """Samples (M, S, D) against the true models (M, D) they answer, in any problem whose posterior is
+    continuous: `coverage_50`, `coverage_90`, `sbc_ks`, `energy_score` and `dss` (module docstring), x in
+    units of `scale` where a score has units."""
+    s = xs.shape[1]
+    var = xs.var(axis=1, ddof=1) if s > 1 else np.zeros((xs.shape[0], xs.shape[-1]))
+    return {
+        "coverage_50": float(_interval_coverage(xs, truth, 0.5).mean()),
+        "coverage_90": float(_interval_coverage(xs, truth, 0.9).mean()),
+        "sbc_ks": _sbc_ks(xs, truth),
+        "energy_score": _energy_score(xs, truth, scale),
+        "dss": _dawid_sebastiani(xs, truth, var, scale),
+    }
+
+
 def evaluate_field_samples(
     problem: Problem, samples: torch.Tensor, y: torch.Tensor, truth: torch.Tensor | None = None,
 ) -> dict[str, float]:
@@ -98,12 +113,7 @@ def evaluate_field_samples(
     tr = None
     if truth is not None:
         tr = torch.as_tensor(truth).detach().double().cpu().reshape(m, -1).numpy()
-        cov50, cov90 = _interval_coverage(xs, tr, 0.5), _interval_coverage(xs, tr, 0.9)
-        out["coverage_50"] = float(cov50.mean())
-        out["coverage_90"] = float(cov90.mean())
-        out["sbc_ks"] = _sbc_ks(xs, tr)
-        out["energy_score"] = _energy_score(xs, tr, float(problem.x_scale))
-        out["dss"] = _dawid_sebastiani(xs, tr, var, float(problem.x_scale))
+        out.update(calibration_metrics(xs, tr, float(problem.x_scale)))
         out["score"] = -out["dss"]
     post = getattr(problem, "posterior", None)
     if post is not None and s > 1:
@@ -117,6 +127,6 @@ def evaluate_field_samples(
         out["std_ratio_p10"], out["std_ratio_p90"] = (float(v) for v in np.percentile(ratio[:, mask], [10, 90]))
         out["std_ratio_all_p10"], out["std_ratio_all_p90"] = (float(v) for v in np.percentile(ratio, [10, 90]))
         if tr is not None:
-            out["coverage_50_constrained"] = float(cov50[:, mask].mean())
-            out["coverage_90_constrained"] = float(cov90[:, mask].mean())
+            out["coverage_50_constrained"] = float(_interval_coverage(xs, tr, 0.5)[:, mask].mean())
+            out["coverage_90_constrained"] = float(_interval_coverage(xs, tr, 0.9)[:, mask].mean())
     return out

@@ -6,6 +6,9 @@ they can be enumerated) and, beside them, every condition's given y against forw
 Grid problems (gravity2d), for each shown y: the true model (when known), three samples, the samples'
 mean and standard-deviation maps next to the exact posterior's (where known), and the observed data
 against the data the samples predict.
+
+Benchmark tasks, for each shown y: the samples of parameter pairs, over the benchmark's reference
+posterior samples where y is one of its observations.
 """
 
 from __future__ import annotations
@@ -159,6 +162,45 @@ def field_figure(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.subplots_adjust(left=0.04, right=0.98, bottom=0.05, top=0.93 if title else 0.96, wspace=0.3, hspace=0.45)
+    return fig
+
+
+def task_figure(problem: Problem, y: torch.Tensor, samples: torch.Tensor, truth: torch.Tensor | None = None,
+                title: str = "", rows: int = 2) -> plt.Figure:
+    """Benchmark tasks, for each shown y: scatter plots of parameter pairs (theta_1, theta_2), ... (up to 3
+    pairs), the samples in blue, the true parameters as a star, and, where y is one of the benchmark's
+    observations, its reference posterior samples in grey beneath."""
+    from .benchmark_tasks import observations, reference_samples
+
+    m = min(rows, len(y))
+    d = problem.x_shape[0]
+    pairs = [(i, i + 1) for i in range(0, d - 1, 2)][:3] or [(0, 0)]
+    _, obs = observations(problem.name)
+    dist = torch.cdist(y[:m].reshape(m, -1).double(), obs.double(), p=float("inf"))
+    fig, axes = plt.subplots(m, len(pairs), figsize=(4.2 * len(pairs), 4.0 * m), squeeze=False)
+    for i in range(m):
+        best, j = dist[i].min(dim=0)
+        ref = reference_samples(problem.name, int(j) + 1)[:2000].numpy() if float(best) <= 1e-5 else None
+        for c, (a, b) in enumerate(pairs):
+            ax = axes[i, c]
+            if ref is not None:
+                ax.scatter(ref[:, a], ref[:, b], s=2, c="0.7", alpha=0.4, label="reference posterior", rasterized=True)
+            xs = samples[i].reshape(samples.shape[1], -1).numpy()
+            ax.scatter(xs[:, a], xs[:, b], s=2, c="tab:blue", alpha=0.4, label="samples", rasterized=True)
+            if truth is not None:
+                t = truth[i].reshape(-1).numpy()
+                ax.scatter([t[a]], [t[b]], marker="*", s=120, c="tab:red", label="true parameters")
+            lim = problem.task.bound
+            ax.set_xlim(-lim, lim)
+            ax.set_ylim(-lim, lim)
+            ax.set_xlabel(f"theta_{a + 1}", fontsize=8)
+            ax.set_ylabel(f"theta_{b + 1}", fontsize=8)
+            ax.tick_params(labelsize=7)
+            if i == 0 and c == 0:
+                ax.legend(fontsize=7, markerscale=3, loc="upper right")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
     return fig
 
 

@@ -93,12 +93,14 @@ class LossContext:
     # reconstruction errors are divided by x_var, the physics term by y_var (chi-squared per datum)
     x_var: float = 1.0
     y_var: float = 1.0
+    forward: bool = True  # the problem has a forward map to measure a misfit with (not a benchmark task)
 
     @property
     def physics_off(self) -> bool:
         """With w_y = 0 a training step skips the physics term (no forward, no backward, and a NaN forward
-        cannot reach the loss); without gradients (validation) it is still computed, as a diagnostic."""
-        return self.tc.w_y <= 0 and torch.is_grad_enabled()
+        cannot reach the loss); without gradients (validation) it is still computed, as a diagnostic,
+        where the problem has a forward map."""
+        return not self.forward or (self.tc.w_y <= 0 and torch.is_grad_enabled())
 
 
 def normal(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

@@ -112,7 +112,7 @@ class CVAE(nn.Module):
         The physics term runs the forward problem on decoded x inside the graph and penalises the misfit to
         y, on reconstructions and on samples drawn through the generation path, so it trains the path users
         sample from (the latent family says how). `generator`: the run's own random generator."""
-        ctx = LossContext(problem, tc, beta, generator, self.x_var, self.y_var)
+        ctx = LossContext(problem, tc, beta, generator, self.x_var, self.y_var, family_of(problem).has_forward(problem))
         out = self(x, y, generator)
         kl_opt, recon, physics, parts = self.latent.terms(self, out, x, y, ctx)
         if self.log_scale is not None:

@@ -64,6 +64,9 @@ class Overrides:
         if self.epochs is not None:
             cfg.train.epochs = self.epochs
         if self.train_size is not None:
+            if cfg.data.simulations:
+                raise UserError(f"--train-size {self.train_size}: this study's data is a fixed budget of "
+                                f"{cfg.data.simulations} simulations (data.simulations); change it in the study file")
             cfg.data.train_size = self.train_size
         if self.device is not None:
             cfg.train.device = self.device
@@ -91,7 +94,8 @@ class Objective:
         problem = resolve_problem(spec.problem)
         check_objective_metrics(spec, problem)
         family = family_of(problem)
-        check_shapes(spec, lambda model, where: family.check_model(model, problem, where))
+        check_shapes(spec, lambda model, where: family.check_model(model, problem, where),
+                     lambda train, where: family.check_train(train, problem, where))
         # load (or draw) the data now: a bad data file is refused before the storage is touched
         base = self.overrides.apply(spec.base_config())
         check_refined_metrics(base.train, problem)

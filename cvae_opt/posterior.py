@@ -122,7 +122,8 @@ class Posterior:
         draws = self._draws(y, pool, generator, spec, batch)
         out_device = torch.device("cpu") if to_cpu else self.device
         if not (options.refine_steps or options.oversample > 1):
-            return self._decode(y, draws, pool, batch, out_device)
+            x = self._decode(y, draws, pool, batch, out_device)
+            return self._in_support(x, y, generator, spec, batch)
         from .refine import refine, select_diverse
 
         out = None
@@ -140,6 +141,30 @@ class Posterior:
             out[i : i + rows] = x
             del x
         return out if out is not None else torch.empty((0, n, *self.model.x_shape), device=out_device)
+
+    def _in_support(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, spec: DrawSpec,
+                    batch: int) -> torch.Tensor:
+        """Samples outside the prior's support (where the problem's family declares one) replaced by new
+        draws for the same y that fall inside, as sbi's rejection does; after SUPPORT_ROUNDS rounds of n new
+        draws per y, what is still outside stays (the `outside_prior` metric counts it)."""
+        family = family_of(self.problem)
+        inside = family.in_support(self.problem, x)
+        if inside is None:
+            return x
+        n = x.shape[1]
+        for _ in range(SUPPORT_ROUNDS):
+            rows = torch.nonzero(~inside.all(dim=1)).flatten()
+            if len(rows) == 0:
+                break
+            yr = y[rows.to(y.device)]
+            extra = self._decode(yr, self._draws(yr, n, generator, spec, batch), n, batch, x.device)
+            ok = family.in_support(self.problem, extra)
+            for r, i in enumerate(rows.tolist()):
+                slots = torch.nonzero(~inside[i]).flatten()
+                good = extra[r][ok[r]][: len(slots)]
+                x[i, slots[: len(good)]] = good
+                inside[i, slots[: len(good)]] = True
+        return x
 
     @torch.no_grad()
     def _draws(self, y: torch.Tensor, n: int, generator: torch.Generator, spec: DrawSpec, batch: int
@@ -188,6 +213,7 @@ class Posterior:
             model.train(was_training)
 
 
+SUPPORT_ROUNDS = 20  # rounds of redrawing samples that fell outside the prior's support
 POOL_BLOCK = 1 << 17  # samples refined and thinned at a time (the oversampled pool of a block of y)
 MAX_OUTPUT_BYTES = 2 * 10**9  # Generator.sample's default limit on the samples drawn (--max-output-gb 2)
 

@@ -11,7 +11,10 @@ from network bodies to metrics). Two kinds are built in:
 - `FieldProblem`: a model of any shape (a 1D profile, a 2D grid of cells) with a prior it draws from,
   a declared Gaussian noise on y, units, and optionally its exact posterior (`gravity2d`).
 
-Both answer `x_shape`, `draw_prior`, `noise` and `x_scale` (the family turns those into the units the
+A third, `benchmark_tasks.TaskProblem` (family `tasks`), holds the simulation-based-inference
+benchmark's tasks: a stochastic simulator instead of a forward map.
+
+All answer `x_shape`, `draw_prior`, `noise` and `x_scale` (the family turns those into the units the
 networks and the loss work in).
 """
 
@@ -191,7 +194,7 @@ def _gravity_grid(prior: str, grid: str) -> Callable[[], FieldProblem]:
     return build
 
 
-LAZY: dict[str, Callable[[], FieldProblem]] = {
+LAZY: dict[str, Callable[[], Any]] = {
     "gravity2d": lambda: gravity2d("gaussian"),
     "gravity2d_blocks": lambda: gravity2d("blocks", name="gravity2d_blocks"),
     # the field-size grid: 32 x 64 cells of 50 m under 64 stations (gravity.GEOMETRIES)
@@ -201,6 +204,20 @@ LAZY: dict[str, Callable[[], FieldProblem]] = {
     # no held-out test set; benchmarks/grid_scaling.py)
     "gravity2d_64x128": _gravity_grid("gaussian", "64x128"),
 }
+
+
+def _benchmark_task(name: str) -> Callable[[], Any]:
+    def build() -> Any:
+        from .benchmark_tasks import task_problem
+
+        return task_problem(name)
+
+    return build
+
+
+# the simulation-based-inference benchmark's tasks (cvae_opt.benchmark_tasks: sbibm's definitions)
+BENCHMARK_TASKS = ("two_moons", "gaussian_mixture", "gaussian_linear_uniform", "slcp")
+LAZY.update({name: _benchmark_task(name) for name in BENCHMARK_TASKS})
 
 
 def check_line_forward(spec: str, forward: Forward, n_points: int) -> int:
@@ -268,7 +285,8 @@ def check_field_problem(spec: str, problem: Any) -> None:
 
 def resolve_problem(spec: str | Problem) -> Problem:
     """A built-in name (`two_birds`, `gravity2d`, `gravity2d_blocks`, `gravity2d_32x64`,
-    `gravity2d_32x64_blocks`) or an import path
+    `gravity2d_32x64_blocks`; the benchmark tasks `two_moons`, `gaussian_mixture`,
+    `gaussian_linear_uniform`, `slcp`) or an import path
     `package.module:attr`, where attr is a problem (any object with a `family`: a LineProblem, a
     FieldProblem, a user's own kind) or a forward function of line pairs (then the default box and slopes
     apply). A problem found by import path is probed once per process by its family."""

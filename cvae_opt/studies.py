@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     import optuna
 
     ModelCheck = Callable[[ModelConfig, str], None]
+    TrainCheck = Callable[[TrainConfig, str], None]
 
 
 def _studies_dir() -> Path:
@@ -58,6 +59,8 @@ METRICS = (
     # field problems (field_metrics): continuous posteriors
     "chi2_median", "chi2_le2", "coverage_50", "coverage_90", "sbc_ks", "energy_score", "dss", "mean_error",
     "std_ratio_p10", "std_ratio_p90", "coverage_50_constrained", "coverage_90_constrained",
+    # benchmark tasks (families.tasks): the share of samples outside the prior's box
+    "outside_prior",
 )
 # samples plots: for trials that enter the best K when they finish (K = keep_best, else 10; the default:
 # a plot costs more than the rest of a short trial's bookkeeping), for every complete trial, or none
@@ -404,10 +407,12 @@ def apply_params(base: Config, values: dict[str, Any]) -> Config:
     return Config.from_dict(d)
 
 
-def _check_search_values(spec: StudySpec, base: Config, check_model: "ModelCheck | None" = None) -> None:
+def _check_search_values(spec: StudySpec, base: Config, check_model: "ModelCheck | None" = None,
+                         check_train: "TrainCheck | None" = None) -> None:
     """Every end of every range (and every choice) must give a valid config, with the parameters it is
     conditioned on at their first allowed value: an impossible value is refused at load, not trial 37.
-    With `check_model` (once the problem is known: its family's check), the layers must also fit its shapes."""
+    With `check_model` / `check_train` (once the problem is known: its family's checks), the layers must
+    also fit its shapes and the training settings be ones it can honour."""
     for p in spec.search:
         context = {other: allowed[0] for other, allowed in p.condition.items()}
         for v in p.extremes():
@@ -415,16 +420,21 @@ def _check_search_values(spec: StudySpec, base: Config, check_model: "ModelCheck
                 cfg = apply_params(base, {**context, p.name: v})
                 if check_model is not None:
                     check_model(cfg.model, "config.model")
+                if check_train is not None:
+                    check_train(cfg.train, "config.train")
             except UserError as exc:
                 raise _err(spec.path, f"search.{p.name}", f"the value {shown(v)} gives an invalid config: {exc}") from None
 
 
-def check_shapes(spec: StudySpec, check_model: "ModelCheck") -> None:
+def check_shapes(spec: StudySpec, check_model: "ModelCheck", check_train: "TrainCheck | None" = None) -> None:
     """What needs the problem: the fixed model and every searched value must fit its shapes, as
-    `check_model(model_config, where)` (its family's `check_model`) says."""
+    `check_model(model_config, where)` (its family's `check_model`) says, and, with `check_train`, the
+    training settings be ones it can honour (its family's `check_train`: no physics term without a forward map)."""
     base = spec.base_config()
     check_model(base.model, f"{spec.path}: fixed.model")
-    _check_search_values(spec, base, check_model)
+    if check_train is not None:
+        check_train(base.train, f"{spec.path}: fixed.train")
+    _check_search_values(spec, base, check_model, check_train)
 
 
 def suggest_config(trial: optuna.trial.BaseTrial, spec: StudySpec, base: Config | None = None) -> Config:

@@ -20,6 +20,7 @@ from .config import Config, TrainConfig
 from .data import Pairs, draw_pairs, load_data
 from .devices import resolve_device
 from .errors import NonFiniteLoss
+from .families import family_of
 from .epoch_metrics import Evaluator
 from .models import CVAE, build_model
 from .problems import Problem, resolve_problem
@@ -117,6 +118,7 @@ class Training:
         self.cfg, self.log, self.val_loss_every_epoch = cfg, log, val_loss_every_epoch
         tc = cfg.train
         self.problem = resolve_problem(cfg.data.problem)
+        family_of(self.problem).check_train(tc, self.problem)
         self.device = resolve_device(tc.device)
         train_pairs, val_pairs = data if data is not None else load_data(cfg.data, self.problem)
         self.train_pairs, self.val_pairs = train_pairs.to(self.device), val_pairs.to(self.device)

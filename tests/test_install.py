@@ -60,3 +60,12 @@ def test_a_non_editable_install_runs_a_built_in_study_from_another_folder(instal
                         cwd=tmp_path, env=env).stdout)
     assert out["n_conditions"] == 50 and out["samples_per_condition"] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.yaml", "retrained", "storage", "sub.pt", "sub.pt.json"]
+
+
+def test_the_installed_package_carries_the_benchmark_data(installed, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    code = ("from cvae_opt.benchmark_tasks import TASKS, observations, reference_samples\n"
+            "for t in TASKS: print(t, tuple(observations(t)[1].shape), tuple(reference_samples(t, 10).shape))")
+    out = sh(installed / "bin" / "python", "-c", code, cwd=tmp_path, env=env).stdout.split("\n")
+    assert "two_moons (10, 2) (10000, 2)" in out and "slcp (10, 8) (10000, 5)" in out, out
+    assert "gaussian_linear_uniform (10, 10) (10000, 10)" in out and "gaussian_mixture (10, 2) (10000, 2)" in out, out

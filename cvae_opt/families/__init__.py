@@ -11,6 +11,9 @@ says everything that differs between kinds, so no other module tests what kind a
 - which metrics it computes (`metrics`: declared data, so a study asking for another is refused at
   load), how it computes them (`evaluate`, with `solutions` where exact modes can be enumerated) and
   whether refinement applies (`refinable`);
+- how y is drawn for x (`simulate`: a forward map plus Gaussian noise, or a stochastic simulator), the
+  prior's support samplers must stay in (`in_support`), and the data and training settings it refuses
+  (`check_data`, `check_train`);
 - its figure (`figure`) and its data files' layout (`challenge_layout`, `as_models`).
 
 A new problem kind is one module with a `ProblemFamily` subclass and a `register` call (or an instance
@@ -29,7 +32,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from ..config import ModelConfig
+    from ..config import DataConfig, ModelConfig, TrainConfig
 
 # metric names every family reports from the validation loss
 LOSS_METRICS = ("val_loss", "val_kl", "val_recon", "val_physics")
@@ -68,6 +71,12 @@ class ProblemFamily:
     def check_model(self, cfg: "ModelConfig", problem: Any, where: str = "model") -> None:
         """Refuse (UserError) a model config whose layers do not fit the problem's shapes."""
 
+    def check_train(self, tc: "TrainConfig", problem: Any, where: str = "train") -> None:
+        """Refuse (UserError) training settings the problem cannot honour (a physics term without a forward map)."""
+
+    def check_data(self, d: "DataConfig", problem: Any, where: str = "data") -> None:
+        """Refuse (UserError) a data config the problem cannot honour (fresh pairs under a fixed budget)."""
+
     def hypothesis_space(self, cfg: "ModelConfig", problem: Any) -> HypothesisSpace:
         """Where a hypothesis' learnt spread lives (the `hypotheses` latent): by default x itself, per value."""
         shape = tuple(problem.x_shape)
@@ -82,6 +91,27 @@ class ProblemFamily:
         """The noise level of y (1 without noise): networks see y / y_scale, the physics term is chi2 per datum."""
         noise = float(getattr(problem, "noise", 0.0))
         return noise if noise > 0 else 1.0
+
+    # -- data -----------------------------------------------------------------------------------------
+    def simulate(self, problem: Any, x: "torch.Tensor", generator: "torch.Generator", noise: float = 0.0) -> "torch.Tensor":
+        """y for models x (no gradient): the forward map, plus Gaussian noise of std `noise` drawn from
+        `generator` (float32, on its device). A family with a stochastic simulator draws y its own way."""
+        import torch
+
+        with torch.no_grad():
+            y = problem(x)
+        if noise > 0:
+            y = y.float() + noise * torch.randn(y.shape, generator=generator, device=generator.device)
+        return y
+
+    def has_forward(self, problem: Any) -> bool:
+        """Whether y is a function of x the loss can differentiate (the physics term, misfits)."""
+        return True
+
+    def in_support(self, problem: Any, x: "torch.Tensor") -> "torch.Tensor | None":
+        """(..., ) bool for models x (..., *x_shape): inside the prior's support, where a sampler must stay
+        (samples outside are drawn again); None where every x is allowed."""
+        return None
 
     # -- user problems ------------------------------------------------------------------------------
     def probe(self, spec: str, problem: Any) -> None:
@@ -119,6 +149,7 @@ class ProblemFamily:
 FAMILIES: dict[str, ProblemFamily | str] = {
     "lines": "cvae_opt.families.lines:LINES",
     "fields": "cvae_opt.families.fields:FIELDS",
+    "tasks": "cvae_opt.families.tasks:TASKS",
 }
 
 
