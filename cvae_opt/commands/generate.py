@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--checkpoint", required=True, help="checkpoint written by a trial, report or retrain")
     ap.add_argument("--conditions", required=True, help="file of pairs whose y are the given conditions, a built-in name (two_birds:scoring, two_birds:validation, "
-                    "gravity2d:test, gravity2d_blocks:test), or a survey CSV (station position, readings) for gravity2d")
+                    "gravity2d:test, gravity2d_blocks:test, gravity2d_32x64:test, gravity2d_32x64_blocks:test, two_moons:observations "
+                    "and the other benchmark tasks' observations), or a survey CSV (station position, readings) for gravity2d")
     ap.add_argument("--samples", type=int, default=30, help="samples per given y (default 30)")
     ap.add_argument("--out", required=True, help="output .pt file: TensorDataset of (x, given y): (N*S, 1, 50, 2) for two birds, (N*S, 16, 32) for gravity2d")
     ap.add_argument("--seed", type=int, default=0)
