@@ -3,9 +3,11 @@
 Each task has parameters theta (a flat vector, the model x of this suite) under a uniform prior box and a
 stochastic simulator y ~ p(y | theta) (a flat vector of measurements); none is differentiable in the
 sense the physics term needs, and there are no exact solutions to refine towards. The priors and
-simulators are written here from the benchmark's definitions (sbibm 1.1, `sbibm/tasks/*/task.py`) and
-draw their random numbers in the same order and dtype (float32), so the benchmark's observations are
-regenerated from their stored seeds (tests/test_benchmark_tasks.py). Its ten observations per task, their
+simulators are written here from the benchmark's definitions (sbibm 1.1, `sbibm/tasks/*/task.py`); in
+float32 with a generator seeded as the benchmark seeded torch they draw their random numbers in its order,
+so the observations of two_moons, gaussian_linear_uniform and slcp are regenerated from their stored seeds
+(tests/test_benchmark_tasks.py; gaussian_mixture's were drawn another way and are checked by moments).
+Training pairs are drawn through `data` (theta in float64 from the prior, y in float32). Its ten observations per task, their
 true parameters and 10,000 reference posterior samples each are carried as data, unchanged, under
 `cvae_opt/benchmark_data/sbibm` (MIT licence, `LICENSE` there; source commit in `SOURCE`).
 

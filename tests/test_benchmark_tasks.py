@@ -107,6 +107,19 @@ def test_the_family_refuses_what_a_task_cannot_do(tmp_path):
         assert "Traceback" not in r.stderr and not (tmp_path / "storage" / "cvae_opt.db").exists()
 
 
+def test_c2st_of_too_few_or_broken_samples_is_one_clear_error():
+    problem = resolve_problem("two_moons")
+    fam = family_of(problem)
+    theta, y = bt.observations("two_moons")
+    with pytest.raises(UserError, match="at least 5 samples"):
+        fam.evaluate(problem, theta.view(10, 1, 2).expand(10, 3, 2), y.unsqueeze(-1))
+    broken = theta.view(10, 1, 2).expand(10, 20, 2).clone()
+    broken[0, 0, 0] = float("nan")
+    with pytest.raises(UserError, match="NaN or inf"):
+        fam.evaluate(problem, broken, y.unsqueeze(-1))
+    assert "val_physics" not in fam.metrics(problem) and "energy_score" in fam.metrics(problem)
+
+
 def test_a_budget_is_split_into_training_and_validation_pairs(tmp_path):
     cfg = Config.from_dict({"data": {"problem": "two_moons", "simulations": 1000, "val_size": 100,
                                      "cache_dir": str(tmp_path)}})

@@ -94,8 +94,9 @@ class ProblemFamily:
 
     # -- data -----------------------------------------------------------------------------------------
     def simulate(self, problem: Any, x: "torch.Tensor", generator: "torch.Generator", noise: float = 0.0) -> "torch.Tensor":
-        """y for models x (no gradient): the forward map, plus Gaussian noise of std `noise` drawn from
-        `generator` (float32, on its device). A family with a stochastic simulator draws y its own way."""
+        """y for models x (no gradient): the forward map (in x's dtype), plus, with `noise` > 0, Gaussian
+        noise of that std drawn from `generator` (then float32, on its device). A family with a stochastic
+        simulator draws y its own way."""
         import torch
 
         with torch.no_grad():

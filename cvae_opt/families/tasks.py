@@ -70,7 +70,7 @@ class TaskFamily(ProblemFamily):
         return problem.task.in_prior(x.flatten(-len(problem.x_shape)))
 
     def metrics(self, problem: Any) -> tuple[str, ...]:
-        return TASK_METRICS + LOSS_METRICS
+        return TASK_METRICS + tuple(m for m in LOSS_METRICS if m != "val_physics")  # no forward map, no physics
 
     def evaluate(self, problem, samples, y, truth=None, solutions=None, weights=None):  # noqa: ANN001
         from ..field_metrics import calibration_metrics
@@ -99,13 +99,22 @@ class TaskFamily(ProblemFamily):
         from ..benchmark_tasks import observations, reference_samples
         from ..c2st import c2st
 
+        from ..c2st import FOLDS
+
         _, obs = observations(problem.name)
         yy = torch.as_tensor(y).detach().float().cpu().reshape(len(y), -1)
         dist = torch.cdist(yy.double(), obs.double(), p=float("inf"))
         best, which = dist.min(dim=1)
         out: dict[str, float] = {}
         scores = []
-        for i in torch.nonzero(best <= OBSERVATION_TOL).flatten().tolist():
+        matched = torch.nonzero(best <= OBSERVATION_TOL).flatten().tolist()
+        if matched and samples.shape[1] < FOLDS:
+            raise UserError(f"C2ST against the benchmark's reference samples needs at least {FOLDS} samples per "
+                            f"observation (its {FOLDS}-fold cross-validation), got {samples.shape[1]}; "
+                            "draw more (generate --samples 10000, the benchmark's)")
+        if matched and not torch.isfinite(samples[matched]).all():
+            raise UserError("the samples for the benchmark's observations hold NaN or inf: C2ST cannot score them")
+        for i in matched:
             j = int(which[i]) + 1
             ref = reference_samples(problem.name, j)
             n = min(len(ref), samples.shape[1])
