@@ -80,11 +80,13 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--fresh-only", action="store_true", help="only the fresh-pairs table")
     ap.add_argument("--hypotheses-only", action="store_true", help="only the hypotheses-step table")
+    ap.add_argument("--precision-only", action="store_true", help="only the bf16 / fp32 table")
     args = ap.parse_args()
     device = resolve_device(args.device)
-    if args.fresh_only or args.hypotheses_only:
-        print(machine_line("throughput") + f", device {device}")
-        (fresh_table if args.fresh_only else hypotheses_table)(args, device)
+    if args.fresh_only or args.hypotheses_only or args.precision_only:
+        print(machine_line("throughput") + f", device {device}, {torch.get_num_threads()} threads")
+        table = fresh_table if args.fresh_only else hypotheses_table if args.hypotheses_only else precision_table
+        table(args, device)
         return 0
     print(machine_line("throughput") + ", "
           f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
@@ -120,7 +122,38 @@ def main() -> int:
         print(f"| {label} | {o:.2f} | {f:.2f} | {o / f:.3f} | {g:.4f} | {1500 / g:,.0f} |", flush=True)
     fresh_table(args, device)
     hypotheses_table(args, device)
+    precision_table(args, device)
     return 0
+
+
+PRECISION_MODELS = {
+    "two birds best (studies/best/cvae_re.yaml)": ("studies/best/cvae_re.yaml", None),
+    "the same, physics term off (w_y 0)": ("studies/best/cvae_re.yaml", 0.0),
+    "gravity2d best (studies/best/gravity_re.yaml)": ("studies/best/gravity_re.yaml", None),
+}
+
+
+def precision_table(args: argparse.Namespace, device: torch.device) -> None:
+    """Seconds per epoch of `train` (fresh pairs, validation metrics off) with `precision: bf16` against
+    `fp32`, same config, seed and data, alternating which runs first; medians over `args.repeats`."""
+    print()
+    print(f"| training epoch of {args.pairs} fresh pairs | fp32 (s) | bf16 (s) | speed-up |")
+    print("| --- | --- | --- | --- |")
+    for label, (path, w_y) in PRECISION_MODELS.items():
+        runs: dict[str, list[float]] = {"fp32": [], "bf16": []}
+        for i in range(args.repeats + 1):  # the first pair warms up (allocator, oneDNN kernels) and is dropped
+            for precision in (("fp32", "bf16") if i % 2 else ("bf16", "fp32")):
+                cfg = Config.from_yaml_file(ROOT / path)
+                cfg.data.train_size, cfg.data.val_size = args.pairs, 500
+                cfg.train.epochs, cfg.train.device, cfg.train.eval_conditions = 1, str(device), 0
+                cfg.train.precision = precision
+                if w_y is not None:
+                    cfg.train.w_y = w_y
+                res = train(cfg, val_loss_every_epoch=False)
+                if i:
+                    runs[precision].append(res.history[0]["epoch_seconds"])
+        f, b = statistics.median(runs["fp32"]), statistics.median(runs["bf16"])
+        print(f"| {label} | {f:.2f} | {b:.2f} | {f / b:.2f}x |", flush=True)
 
 
 def hypotheses_table(args: argparse.Namespace, device: torch.device, steps: int = 30) -> None:

@@ -29,6 +29,23 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device multiplies bfloat16 matrices in hardware: a CUDA GPU that supports it, a CPU with
+    AMX tiles or AVX512-BF16 (elsewhere bfloat16 products are emulated and slower than float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    cpu = getattr(torch, "cpu", None)
+    return any(bool(getattr(cpu, probe, lambda: False)()) for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """`train.precision` for this run: fp32 or bf16 as given; auto is bf16 where the device multiplies it in
+    hardware (`native_bf16`), else fp32. Results then depend on the machine as they do on the thread count."""
+    if name == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return name
+
+
 def worker_device(name: str, worker: int, n_cuda: int) -> str:
     """The device of worker `worker` of a multi-process study: with several GPUs, `auto` and `cuda`
     spread the workers over them (worker i on cuda:(i mod n)); an explicit device is kept."""

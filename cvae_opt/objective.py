@@ -132,6 +132,7 @@ class Objective:
             key = f"{key}_estimate"  # refined_* exist after the last epoch; before it, the cheap estimate if asked for
         needs_val_loss = any(m.startswith("val_") for m in metrics)  # else only after the last epoch
         run = Training(cfg, data=self.data_for(cfg), val_loss_every_epoch=needs_val_loss)
+        trial.set_user_attr("precision", run.precision)  # what `precision: auto` resolved to on this machine
         for m in run.epochs():
             epoch = int(m["epoch"])
             if self.spec.multi_objective or key not in m:  # Optuna cannot prune multi-objective trials

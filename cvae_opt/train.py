@@ -18,10 +18,11 @@ import torch
 
 from .config import Config, TrainConfig
 from .data import Pairs, draw_pairs, load_data
-from .devices import resolve_device
+from .devices import resolve_device, resolve_precision
 from .errors import NonFiniteLoss
 from .families import family_of
 from .epoch_metrics import Evaluator
+from .layers import body_precision
 from .models import CVAE, build_model
 from .problems import Problem, resolve_problem
 
@@ -120,6 +121,8 @@ class Training:
         self.problem = resolve_problem(cfg.data.problem)
         family_of(self.problem).check_train(tc, self.problem)
         self.device = resolve_device(tc.device)
+        self.precision = resolve_precision(tc.precision, self.device)  # what the bodies multiply in
+        self.body_dtype = torch.bfloat16 if self.precision == "bf16" else None
         train_pairs, val_pairs = data if data is not None else load_data(cfg.data, self.problem)
         self.train_pairs, self.val_pairs = train_pairs.to(self.device), val_pairs.to(self.device)
         self.model, self.noise = init_model(cfg, self.problem, self.device)
@@ -180,7 +183,8 @@ class Training:
         for step in range(self.steps_per_epoch):
             idx = perm[step * bs : (step + 1) * bs]
             beta = beta_at(tc, epoch, step / self.steps_per_epoch)
-            loss, parts = model.loss(pairs.x[idx], pairs.y[idx], self.problem, tc, beta, self.noise)
+            with body_precision(self.body_dtype):
+                loss, parts = model.loss(pairs.x[idx], pairs.y[idx], self.problem, tc, beta, self.noise)
             # the first non-finite step is recorded on the device and read every FINITE_CHECK_EVERY steps:
             # one host sync per check instead of one per step
             now = ~torch.isfinite(loss.detach()) & (first_bad < 0)
