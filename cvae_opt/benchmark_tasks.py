@@ -153,6 +153,18 @@ def observations(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(theta).float(), torch.from_numpy(y).float()
 
 
+OBSERVATION_TOL = 1e-5  # a given y within this of a benchmark observation (max abs) is that observation
+
+
+def match_observations(name: str, y: torch.Tensor) -> list[int | None]:
+    """For each given y (M, ...), the number (1-10) of the benchmark observation it is (every value within
+    `OBSERVATION_TOL`), or None: which y the reference posterior samples can score."""
+    _, obs = observations(name)
+    yy = torch.as_tensor(y).detach().cpu().double().reshape(len(y), -1)
+    best, which = torch.cdist(yy, obs.double(), p=float("inf")).min(dim=1)
+    return [int(j) + 1 if float(b) <= OBSERVATION_TOL else None for b, j in zip(best, which)]
+
+
 def observation_seed(name: str, i: int) -> int | None:
     """The seed the benchmark drew observation i with (None where it did not store one)."""
     path = _observation_dir(task_named(name), i) / "observation_seed.csv"

@@ -170,17 +170,15 @@ def task_figure(problem: Problem, y: torch.Tensor, samples: torch.Tensor, truth:
     """Benchmark tasks, for each shown y: scatter plots of parameter pairs (theta_1, theta_2), ... (up to 3
     pairs), the samples in blue, the true parameters as a star, and, where y is one of the benchmark's
     observations, its reference posterior samples in grey beneath."""
-    from .benchmark_tasks import observations, reference_samples
+    from .benchmark_tasks import match_observations, reference_samples
 
     m = min(rows, len(y))
     d = problem.x_shape[0]
     pairs = [(i, i + 1) for i in range(0, d - 1, 2)][:3] or [(0, 0)]
-    _, obs = observations(problem.name)
-    dist = torch.cdist(y[:m].reshape(m, -1).double(), obs.double(), p=float("inf"))
+    which = match_observations(problem.name, y[:m])
     fig, axes = plt.subplots(m, len(pairs), figsize=(4.2 * len(pairs), 4.0 * m), squeeze=False)
     for i in range(m):
-        best, j = dist[i].min(dim=0)
-        ref = reference_samples(problem.name, int(j) + 1)[:2000].numpy() if float(best) <= 1e-5 else None
+        ref = reference_samples(problem.name, which[i])[:2000].numpy() if which[i] is not None else None
         for c, (a, b) in enumerate(pairs):
             ax = axes[i, c]
             if ref is not None:

@@ -25,7 +25,6 @@ from . import LOSS_METRICS, ProblemFamily, register
 from .fields import FieldDecoder, FieldEncoder
 
 TASK_METRICS = ("score", "energy_score", "sbc_ks", "coverage_50", "coverage_90", "dss", "diversity", "outside_prior")
-OBSERVATION_TOL = 1e-5  # a given y within this of a benchmark observation (max abs) is that observation
 
 
 class TaskFamily(ProblemFamily):
@@ -96,18 +95,13 @@ class TaskFamily(ProblemFamily):
         """C2ST per benchmark observation for the given y that are the benchmark's observations (by value),
         against its 10,000 reference samples (the first S when S < 10,000 samples were given); empty when
         none of the y is one of them (a study's validation conditions)."""
-        from ..benchmark_tasks import observations, reference_samples
-        from ..c2st import c2st
+        from ..benchmark_tasks import match_observations, reference_samples
+        from ..c2st import FOLDS, c2st
 
-        from ..c2st import FOLDS
-
-        _, obs = observations(problem.name)
-        yy = torch.as_tensor(y).detach().float().cpu().reshape(len(y), -1)
-        dist = torch.cdist(yy.double(), obs.double(), p=float("inf"))
-        best, which = dist.min(dim=1)
+        which = match_observations(problem.name, y)
         out: dict[str, float] = {}
         scores = []
-        matched = torch.nonzero(best <= OBSERVATION_TOL).flatten().tolist()
+        matched = [i for i, j in enumerate(which) if j is not None]
         if matched and samples.shape[1] < FOLDS:
             raise UserError(f"C2ST against the benchmark's reference samples needs at least {FOLDS} samples per "
                             f"observation (its {FOLDS}-fold cross-validation), got {samples.shape[1]}; "
@@ -115,7 +109,7 @@ class TaskFamily(ProblemFamily):
         if matched and not torch.isfinite(samples[matched]).all():
             raise UserError("the samples for the benchmark's observations hold NaN or inf: C2ST cannot score them")
         for i in matched:
-            j = int(which[i]) + 1
+            j = which[i]
             ref = reference_samples(problem.name, j)
             n = min(len(ref), samples.shape[1])
             out[f"c2st_observation_{j}"] = c2st(samples[i, :n], ref[:n])
