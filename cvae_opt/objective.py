@@ -26,7 +26,7 @@ from .families import family_of
 from .figures import samples_figure, save_figure
 from .problems import Problem, resolve_problem
 from .studies import PLOT_BEST_DEFAULT, StudySpec, check_shapes, suggest_config
-from .train import Training
+from .train import Training, budget_step, epochs_within, seconds_per_epoch
 from .trials import beats, keep_best_checkpoints, ranked, record
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
@@ -124,6 +124,13 @@ class Objective:
 
     def _run(self, trial: optuna.Trial) -> float | list[float]:
         cfg = self.overrides.apply(suggest_config(trial, self.spec))
+        seconds = self.spec.seconds if self.overrides.epochs is None else None  # --epochs N: N for every trial
+        if seconds is not None:
+            # a seconds budget: this config's epochs are what it trains in that time here, fixed before it
+            # starts (so its export retrains exactly this run), and its values go on the seconds axis
+            per_epoch = seconds_per_epoch(cfg, self.data_for(cfg))
+            cfg.train.epochs = epochs_within(seconds, per_epoch, cfg.train.epochs)
+            trial.set_user_attr("seconds_per_epoch", per_epoch)
         trial.set_user_attr("config", cfg.to_dict())
         trial.set_user_attr("worker", WORKER)
         metrics = self.spec.metrics
@@ -133,11 +140,16 @@ class Objective:
         needs_val_loss = any(m.startswith("val_") for m in metrics)  # else only after the last epoch
         run = Training(cfg, data=self.data_for(cfg), val_loss_every_epoch=needs_val_loss)
         trial.set_user_attr("precision", run.precision)  # what `precision: auto` resolved to on this machine
+        last_step = 0
         for m in run.epochs():
             epoch = int(m["epoch"])
             if self.spec.multi_objective or key not in m:  # Optuna cannot prune multi-objective trials
                 continue
-            trial.report(m[key], epoch)
+            step = epoch if seconds is None else budget_step(epoch, cfg.train.epochs, seconds)
+            if step <= last_step:
+                continue  # more epochs than seconds: one value per second of the axis
+            last_step = step
+            trial.report(m[key], step)
             # after the last epoch there is nothing left to save: a pruner's rung there would only throw a
             # finished trial's result away (successive halving's first rung is epoch 1)
             if epoch < cfg.train.epochs and trial.should_prune():

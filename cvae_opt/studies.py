@@ -3,7 +3,7 @@
     name: cvae_re                 # default study name in the storage
     problem: two_birds            # or package.module:callable
     data: {train_size: 20000, val_size: 2000, seed: 0}
-    budget: {epochs: 20}
+    budget: {epochs: 20}          # or {seconds: 600}: each trial the epochs its config trains in that time
     objective: {metric: score, direction: maximize}
         # or, multi-objective: {metrics: [misfit_rmse, diversity], directions: [minimize, maximize]}
     sampler: {name: tpe, args: {n_startup_trials: 10, multivariate: true}}
@@ -124,6 +124,9 @@ class StudySpec:
     search: list[Param]
     artifacts: dict[str, Any]
     description: str = ""
+    # budget.seconds: each trial trains the epochs its config fits in this many seconds on this machine
+    # (`train.epochs_within`, at most `epochs`), and reports on that seconds axis; None: `epochs` for all
+    seconds: float | None = None
 
     @property
     def multi_objective(self) -> bool:
@@ -139,6 +142,9 @@ class StudySpec:
             section, _, k = CONFIG_PATHS[key].partition(".")
             d[section][k] = value
         return Config.from_dict(d, where=f"{self.path}: fixed")
+
+
+SECONDS_BUDGET_MAX_EPOCHS = 100_000  # the epoch cap of a seconds budget that names none
 
 
 STUDY_NAME_MAX = 200  # characters; a folder name is at most 255 bytes, NAME_MAX on Linux and macOS
@@ -282,9 +288,13 @@ def load_study_file(name_or_path: str) -> StudySpec:
     if not isinstance(data, dict):
         raise _err(path, "data", "expected a mapping")
     budget = raw.get("budget") or {}
-    if not isinstance(budget, dict) or set(budget) - {"epochs"}:
-        raise _err(path, "budget", "expected a mapping with 'epochs'")
-    epochs = budget.get("epochs", TrainConfig.epochs)
+    if not isinstance(budget, dict) or set(budget) - {"epochs", "seconds"}:
+        raise _err(path, "budget", "expected a mapping with 'epochs' and/or 'seconds'")
+    seconds = budget.get("seconds")
+    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+                                or not math.isfinite(seconds) or seconds <= 0):
+        raise _err(path, "budget.seconds", f"{shown(seconds)} is not a positive number of seconds")
+    epochs = budget.get("epochs", TrainConfig.epochs if seconds is None else SECONDS_BUDGET_MAX_EPOCHS)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise _err(path, "budget.epochs", f"{shown(epochs)} is not a positive integer")
 
@@ -353,7 +363,7 @@ def load_study_file(name_or_path: str) -> StudySpec:
         name=str(raw.get("name") or file.stem), path=path, text=text, problem=str(raw.get("problem", "two_birds")),
         data=data, epochs=epochs, metrics=metrics, directions=directions, sampler=named("sampler", False),
         pruner=named("pruner", True), fixed=fixed, search=list(params.values()), artifacts=artifacts,
-        description=str(raw.get("description", "")),
+        description=str(raw.get("description", "")), seconds=None if seconds is None else float(seconds),
     )
     base = spec.base_config()  # checks data and fixed values now, not at the first trial
     _check_search_values(spec, base)

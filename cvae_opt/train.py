@@ -206,6 +206,28 @@ class Training:
         return sums
 
 
+def seconds_per_epoch(cfg: Config, data: tuple[Pairs, Pairs] | None = None) -> float:
+    """What one epoch of this config costs on this machine now: a throwaway run of the same model, data and
+    settings for one epoch (nothing of it is kept), its training loop plus its per-epoch validation metrics.
+    A study with a seconds budget turns it into each trial's epochs (`epochs_within`)."""
+    probe = Config.from_dict(cfg.to_dict())
+    probe.train.epochs = 1
+    m = next(Training(probe, data, val_loss_every_epoch=False).epochs())
+    return float(m["epoch_seconds"] + m["eval_seconds"])
+
+
+def epochs_within(seconds: float, per_epoch: float, cap: int) -> int:
+    """The whole epochs that fit in `seconds` at `per_epoch` seconds each: at least 1, at most `cap`."""
+    return max(1, min(int(cap), int(seconds / max(per_epoch, 1e-9))))
+
+
+def budget_step(epoch: int, epochs: int, seconds: float) -> int:
+    """Where epoch `epoch` of `epochs` lies on a seconds budget's axis (what a trial reports its value at, so
+    pruners compare trials at equal training time): ceil(seconds * epoch / epochs), the last epoch at
+    ceil(seconds)."""
+    return max(1, math.ceil(seconds * epoch / epochs - 1e-9))
+
+
 def train(
     cfg: Config,
     callback: EpochCallback | None = None,

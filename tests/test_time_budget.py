@@ -1,0 +1,99 @@
+"""A study budget in seconds (`budget: {seconds: S}`): each trial trains the epochs its own config fits in S
+seconds on this machine, fixed before it starts, and reports on the seconds axis, so pruners and the final
+ranking compare configs at equal training time, not at equal epochs (a config twice as costly per epoch
+gets half the epochs). Real studies in a subprocess, real SQLite files."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import optuna
+import pytest
+import yaml
+
+from cvae_opt.config import Config
+from cvae_opt.errors import UserError
+from cvae_opt.studies import load_study_file
+from cvae_opt.train import budget_step, epochs_within
+
+from test_study_pipeline import study_of
+
+
+def cli(module, *args, cwd, timeout=600):
+    return subprocess.run([sys.executable, "-m", f"cvae_opt.{module}", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def write_study(path, **overrides):
+    spec = {
+        "name": "timed", "problem": "two_birds", "data": {"train_size": 1000, "val_size": 200},
+        "budget": {"seconds": 6, "epochs": 400}, "objective": {"metric": "score", "direction": "maximize"},
+        "sampler": {"name": "GridSampler", "args": {"search_space": {"hidden": [16, 1024]}, "seed": 0}}, "pruner": None,
+        "fixed": {"latent": 4, "channels": [8], "kernels": [5], "eval_conditions": 5, "eval_samples": 3,
+                  "batch_size": 100},
+        "search": {"hidden": {"type": "categorical", "choices": [16, 1024]}},
+    }
+    spec.update(overrides)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def test_the_axis_and_the_epochs_of_a_seconds_budget():
+    assert epochs_within(60, 2.5, 1000) == 24 and epochs_within(60, 100.0, 1000) == 1
+    assert epochs_within(60, 0.01, 1000) == 1000  # the study's epoch cap
+    steps = [budget_step(e, 24, 60) for e in range(1, 25)]
+    assert steps[0] == 3 and steps[-1] == 60 and steps == sorted(steps)
+    # more epochs than seconds: several epochs share a second, the last lands on the budget
+    steps = [budget_step(e, 500, 60) for e in range(1, 501)]
+    assert steps[0] == 1 and steps[-1] == 60 and len(set(steps)) == 60
+
+
+def test_a_seconds_budget_is_read_and_bad_ones_are_one_error_line(tmp_path):
+    spec = load_study_file(write_study(tmp_path / "ok.yaml"))
+    assert spec.seconds == 6.0 and spec.epochs == 400 and spec.base_config().train.epochs == 400
+    uncapped = load_study_file(write_study(tmp_path / "u.yaml", budget={"seconds": 30}))
+    assert uncapped.seconds == 30.0 and uncapped.epochs >= 10_000
+    assert load_study_file(write_study(tmp_path / "e.yaml", budget={"epochs": 7})).seconds is None
+    for budget, says in (({"seconds": 0}, "budget.seconds: 0 is not a positive number of seconds"),
+                         ({"seconds": "ten"}, "budget.seconds: 'ten' is not a positive number of seconds"),
+                         ({"seconds": True}, "budget.seconds"),
+                         ({"second": 5}, "expected a mapping with 'epochs' and/or 'seconds'")):
+        with pytest.raises(UserError, match=says):
+            load_study_file(write_study(tmp_path / "bad.yaml", budget=budget))
+
+
+def test_each_trial_trains_the_epochs_its_config_fits_in_the_budget(tmp_path):
+    f = write_study(tmp_path / "timed.yaml")
+    # one cheap config (16 wide) and one far costlier per epoch (1,024 wide)
+    r = cli("run", "--study", f, "--trials", 2, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    trials = study_of(tmp_path, "timed").trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    for t in trials:
+        per_epoch = t.user_attrs["seconds_per_epoch"]
+        epochs = t.user_attrs["config"]["train"]["epochs"]
+        assert per_epoch > 0 and epochs == epochs_within(6.0, per_epoch, 400)
+        assert len(t.intermediate_values) == min(epochs, 6)  # one value per second of the axis at most
+        assert max(t.intermediate_values) == 6 and min(t.intermediate_values) >= 1
+    by_width = {t.params["hidden"]: t for t in trials}
+    cheap, costly = by_width[16], by_width[1024]
+    assert costly.user_attrs["seconds_per_epoch"] > cheap.user_attrs["seconds_per_epoch"]
+    assert costly.user_attrs["config"]["train"]["epochs"] <= cheap.user_attrs["config"]["train"]["epochs"]
+    # the export carries the trial's own epochs, so retraining repeats that run
+    out = tmp_path / "best.yaml"
+    r = cli("export", "--study", "timed", "--out", out, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    best = max(trials, key=lambda t: t.value)
+    assert Config.from_yaml_file(out).train.epochs == best.user_attrs["config"]["train"]["epochs"]
+
+
+def test_an_epochs_override_turns_the_timing_off(tmp_path):
+    f = write_study(tmp_path / "timed.yaml", name="fixed")
+    r = cli("run", "--study", f, "--trials", 1, "--epochs", 2, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    t = study_of(tmp_path, "fixed").trials[0]
+    assert "seconds_per_epoch" not in t.user_attrs and t.user_attrs["config"]["train"]["epochs"] == 2
+    assert sorted(t.intermediate_values) == [1, 2]  # the epoch axis, as without a seconds budget
+    assert math.isfinite(t.value)
