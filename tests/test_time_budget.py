@@ -6,38 +6,30 @@ gets half the epochs). Real studies in a subprocess, real SQLite files."""
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 
 import optuna
 import pytest
-import yaml
 
 from cvae_opt.config import Config
 from cvae_opt.errors import UserError
 from cvae_opt.studies import load_study_file
 from cvae_opt.train import budget_step, epochs_within
 
-from test_study_pipeline import study_of
-
-
-def cli(module, *args, cwd, timeout=600):
-    return subprocess.run([sys.executable, "-m", f"cvae_opt.{module}", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+from test_study_pipeline import cli, study_of
+from test_study_pipeline import write_study as write_tiny_study
 
 
 def write_study(path, **overrides):
+    """test_study_pipeline's tiny study with a 6-second budget and one cheap and one far costlier config."""
     spec = {
-        "name": "timed", "problem": "two_birds", "data": {"train_size": 1000, "val_size": 200},
-        "budget": {"seconds": 6, "epochs": 400}, "objective": {"metric": "score", "direction": "maximize"},
-        "sampler": {"name": "GridSampler", "args": {"search_space": {"hidden": [16, 1024]}, "seed": 0}}, "pruner": None,
+        "name": "timed", "budget": {"seconds": 6, "epochs": 400}, "pruner": None,
+        "sampler": {"name": "GridSampler", "args": {"search_space": {"hidden": [16, 1024]}, "seed": 0}},
         "fixed": {"latent": 4, "channels": [8], "kernels": [5], "eval_conditions": 5, "eval_samples": 3,
                   "batch_size": 100},
         "search": {"hidden": {"type": "categorical", "choices": [16, 1024]}},
     }
     spec.update(overrides)
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
+    return write_tiny_study(path, **spec)
 
 
 def test_the_axis_and_the_epochs_of_a_seconds_budget():
