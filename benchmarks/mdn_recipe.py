@@ -54,6 +54,8 @@ ap.add_argument("--teach_sig", type=float, default=0)
 ap.add_argument("--teach_from", type=int, default=0)
 args = ap.parse_args()
 torch.set_num_threads(args.threads)
+from cvae_opt.machine import machine_line  # noqa: E402
+print(machine_line("mdn_recipe") + f", {args.threads} thread(s), {json.dumps(vars(args))}", flush=True)
 torch.manual_seed(args.seed)
 prob = resolve_problem("two_birds")
 box, slopes = prob.box, prob.slopes
