@@ -206,14 +206,15 @@ class Training:
         return sums
 
 
-def seconds_per_epoch(cfg: Config, data: tuple[Pairs, Pairs] | None = None) -> float:
+def seconds_per_epoch(cfg: Config, data: tuple[Pairs, Pairs] | None = None, epochs: int = 2) -> float:
     """What one epoch of this config costs on this machine now: a throwaway run of the same model, data and
-    settings for one epoch (nothing of it is kept), its training loop plus its per-epoch validation metrics.
-    A study with a seconds budget turns it into each trial's epochs (`epochs_within`)."""
+    settings (nothing of it is kept), its training loop plus its per-epoch validation metrics, the fastest
+    of `epochs` epochs: the first pays one-off costs (kernel set-up, bfloat16 primitives: up to several
+    times a warm epoch). A study with a seconds budget turns it into each trial's epochs (`epochs_within`)."""
     probe = Config.from_dict(cfg.to_dict())
-    probe.train.epochs = 1
-    m = next(Training(probe, data, val_loss_every_epoch=False).epochs())
-    return float(m["epoch_seconds"] + m["eval_seconds"])
+    probe.train.epochs = epochs
+    return min(float(m["epoch_seconds"] + m["eval_seconds"])
+               for m in Training(probe, data, val_loss_every_epoch=False).epochs())
 
 
 def epochs_within(seconds: float, per_epoch: float, cap: int) -> int:
