@@ -149,6 +149,60 @@ def test_ctrl_c_fails_the_running_trial_cleanly_and_the_study_resumes(tmp_path):
     assert integrity(tmp_path) == "ok"
 
 
+def test_a_run_takes_one_interrupt_and_ignores_the_next():
+    """The first SIGINT or SIGTERM raises KeyboardInterrupt; the ones after it (the lead's forwarded SIGINT, a
+    second Ctrl-C) are ignored while the first one's trial bookkeeping runs, instead of breaking into it."""
+    code = textwrap.dedent("""
+        import os, signal, time
+        from cvae_opt.commands.run import _interruptible
+        _interruptible()
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            print("stopped once", flush=True)
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)
+        print("bookkeeping done", flush=True)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["stopped", "once", "bookkeeping", "done"]
+
+
+def test_ctrl_c_in_a_terminal_stops_every_worker_once_without_a_traceback(tmp_path):
+    """A terminal's Ctrl-C goes to every process of the foreground group: both workers of --jobs 2 get it,
+    and the lead forwards one more to its worker. Each stops its trial once, cleanly, and the study resumes."""
+    f = tiny_study(tmp_path / "tiny.yaml", epochs=400, train_size=500)
+    proc = subprocess.Popen([sys.executable, "-m", "cvae_opt.run", "--study", str(f), "--trials", "4", "--jobs", "2"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    caught = False
+    deadline = time.time() + 180
+    while not caught and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        try:
+            running = load(tmp_path).get_trials(states=(S.RUNNING,))
+        except Exception:  # the file is being created
+            continue
+        caught = len(running) == 2 and all(2 in t.intermediate_values for t in running)
+    assert caught, "the two workers were never caught in the middle of their trials"
+    os.killpg(proc.pid, signal.SIGINT)  # what the terminal does
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err
+    trials = load(tmp_path).trials
+    stopped = [t for t in trials if t.user_attrs.get("interrupted")]
+    assert len(stopped) == 2 and all(t.state == S.FAIL for t in stopped), [(t.number, t.state) for t in trials]
+    assert not [t for t in trials if t.state == S.RUNNING]
+    r = run(tmp_path, "--study", f, "--trials", 2, "--epochs", 1)  # resume: the two stopped trials run again
+    assert r.returncode == 0, r.stderr
+    again = load(tmp_path).trials
+    assert sorted(t.params["lr"] for t in again[len(trials):]) == sorted(t.params["lr"] for t in stopped)
+    assert integrity(tmp_path) == "ok"
+
+
 def test_nan_loss_fails_the_trial_with_the_reason_and_the_study_goes_on(tmp_path):
     (tmp_path / "nanprob.py").write_text(textwrap.dedent("""
         import torch

@@ -58,12 +58,17 @@ def parser() -> argparse.ArgumentParser:
 def _interruptible() -> None:
     """Ctrl-C (SIGINT) and a scheduler's SIGTERM both end the study cleanly: the running trial is
     failed, the summary printed, exit 130. SIGINT is re-armed because shells start background jobs
-    with it ignored."""
+    with it ignored. Once per process: a terminal's Ctrl-C reaches every worker of `--jobs N` and the lead
+    then forwards one more, and a second KeyboardInterrupt landing inside the first one's trial bookkeeping
+    (Optuna's storage writes) ended a worker in a traceback with its trial half-recorded; the lead still
+    stops the workers within a minute."""
 
     def stop(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
 
 
