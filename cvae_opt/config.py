@@ -111,6 +111,10 @@ class ModelConfig:
     # field problems: a linear path from the decoder's input (z, y) straight to x, added to the network's
     # output, so a near-linear posterior map (a linear forward problem with a Gaussian prior) is easy to learn
     skip: bool = False
+    # a spike-and-slab output: each value of x is exactly 0 with a probability a gate network predicts
+    # from (z, y), else the decoder's value (trained on the values that are not 0); for priors whose
+    # models are mostly exact zeros (gravity's blocks: a background of contrast 0). cvae_opt/output_noise.py
+    spike: bool = False
 
     def validate(self, where: str = "model") -> None:
         """Every value a network can be built from; whether its layers fit a problem's shapes is the
@@ -124,6 +128,12 @@ class ModelConfig:
             raise UserError(f"{where}.decoder_scale structured needs latent_type gaussian (got {shown(self.latent_type)}: "
                             "its noise covariance is the running covariance of one reconstruction per pair); "
                             "use decoder_scale fixed or learnt with that latent")
+        if self.spike and self.latent_type != "gaussian":
+            raise UserError(f"{where}.spike needs latent_type gaussian (got {shown(self.latent_type)}: the gate reads the "
+                            "decoder's z); set spike: false or latent_type: gaussian")
+        if self.spike and self.decoder_scale == "structured":
+            raise UserError(f"{where}.spike with decoder_scale structured: the noise would fill the spike's exact zeros; "
+                            "use decoder_scale fixed or learnt with spike")
         if len(self.channels) != len(self.kernels) or not self.channels:
             raise UserError(f"{where}.channels {shown(self.channels)} and {where}.kernels {shown(self.kernels)} must be non-empty "
                             "and of one length")

@@ -239,7 +239,10 @@ class GaussianLatent(LatentFamily):
 
     def recognise(self, model, x, y, q, p, generator):
         out = {f"{k}_q": v for k, v in q.items()} | {f"{k}_p": v for k, v in p.items()}
-        out["x_hat"] = model.decoder(sample_gaussian(q, generator), y)
+        z = sample_gaussian(q, generator)
+        out["x_hat"] = model.decoder(z, y)
+        if model.spike is not None:
+            out["spike_logits"] = model.spike(z, y)
         return out
 
     def terms(self, model, out, x, y, ctx):
@@ -247,6 +250,9 @@ class GaussianLatent(LatentFamily):
         kl, kl_opt = gaussian_kl(out, tc.free_bits)
         recon = model.reconstruction(out["x_hat"], x).mean()
         parts = {"kl": kl, "recon": recon}
+        if "spike_logits" in out:  # the spike's Bernoulli likelihood of x != 0, per value, beside the slab's
+            parts["spike"] = model.spike.nll(out["spike_logits"], x).mean()
+            recon = recon + parts["spike"]
         physics = None
         if not ctx.physics_off:
             physics = F.mse_loss(ctx.problem(out["x_hat"]), y) / ctx.y_var
@@ -265,8 +271,12 @@ class GaussianLatent(LatentFamily):
 
     def decode(self, model, y, p, draws):
         m, n = draws["eps"].shape[:2]
-        z = reparametrise(p["mu"].unsqueeze(1), p["logvar"].unsqueeze(1), draws["eps"].to(y))
-        return model.decoder(z.reshape(m * n, -1), repeat_rows(y, n)).view(m, n, *model.x_shape)
+        z = reparametrise(p["mu"].unsqueeze(1), p["logvar"].unsqueeze(1), draws["eps"].to(y)).reshape(m * n, -1)
+        yr = repeat_rows(y, n)
+        x = model.decoder(z, yr)
+        if "spike" in draws and model.spike is not None:  # exactly 0 where the gate's draw says so
+            x = x * model.spike.keep(model.spike(z, yr), draws["spike"].to(y).reshape(m * n, -1)).view(x.shape)
+        return x.view(m, n, *model.x_shape)
 
 
 class CategoricalLatent(LatentFamily):

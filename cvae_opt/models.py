@@ -22,7 +22,7 @@ from .config import ModelConfig, TrainConfig
 from .families import family_of
 from .latents import LatentFamily, LossContext, latent_family, normal
 from .layers import mlp
-from .output_noise import StructuredNoise
+from .output_noise import SpikeGate, StructuredNoise
 
 class PriorNet(nn.Module):
     """r(z | y) of the dual-encoder CVAE (and r(c | y), the component weights, for component latents); y
@@ -66,6 +66,9 @@ class CVAE(nn.Module):
         self.log_scale = nn.Parameter(torch.zeros(())) if cfg.decoder_scale == "learnt" else None
         # the decoder's full-covariance output noise, the running covariance of its residuals (structured)
         self.output_noise = StructuredNoise(math.prod(self.x_shape)) if cfg.decoder_scale == "structured" else None
+        # the spike of a spike-and-slab output: P(x != 0) per value from (z, y) (spike: true)
+        self.spike = (SpikeGate(self.latent.gaussian_dims, problem.n_points * problem.k, math.prod(self.x_shape), cfg.hidden,
+                                cfg.decoder_depth, cfg.activation, family.y_scale(problem)) if cfg.spike else None)
 
     def prior_params(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """The generation path's latent parameters for each y: mu/logvar (Gaussian part) and logits
@@ -81,9 +84,12 @@ class CVAE(nn.Module):
     def reconstruction(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The reconstruction term of each decoded model x_hat (..., *x_shape) against x (broadcast), per
         value of x in x-scale units, shape (...): `reconstruction_nll` of the mean squared error (with the
-        structured noise, the squared error, and the noise's covariance steps toward the residuals)."""
+        structured noise, the squared error, and the noise's covariance steps toward the residuals; with the
+        spike, over the values that are not 0 only, the spike's likelihood being the latent family's term)."""
         d = len(self.x_shape)
         err = x_hat - x
+        if self.spike is not None:  # the slab: the decoder's value is x given x != 0
+            err = err * (x != 0).to(err.dtype)
         if self.output_noise is not None and self.training and torch.is_grad_enabled():
             # structured: the noise is the running covariance of the residuals, a step toward this batch's
             self.output_noise.update(err.flatten(-d) / self.x_scale)
@@ -137,7 +143,8 @@ class CVAE(nn.Module):
 
     def decode(self, y: torch.Tensor, draws: dict[str, torch.Tensor]) -> torch.Tensor:
         """Samples (M, n, *x_shape) through the generation path for fixed draws (`LatentFamily.draws`), plus
-        the structured output noise, part of every sample of such a model (`noise`, `StructuredNoise.draws`)."""
+        the structured output noise, part of every sample of such a model (`noise`, `StructuredNoise.draws`);
+        the spike's gate draws (`spike`) are the latent family's to apply, as the gate reads its z."""
         x = self.latent.decode(self, y, self.prior_params(y), draws)
         if "noise" in draws and self.output_noise is not None:
             x = x + self.x_scale * self.output_noise.sample(draws["noise"]).view(x.shape)

@@ -1,4 +1,6 @@
-"""The decoder's own output distribution for field problems (`decoder_scale: structured`).
+"""The decoder's own output distribution for field problems: `decoder_scale: structured` (a full-covariance
+Gaussian noise, `StructuredNoise`) and `spike` (values that are exactly 0 with a predicted probability,
+`SpikeGate`).
 
 A decoder mean alone is one model per z: the samples' spread is then all the latent's, and a latent of a
 few dozen dimensions cannot carry a posterior over hundreds of cells (issue 26: the tuned gravity model
@@ -27,6 +29,8 @@ import math
 
 import torch
 from torch import nn
+
+from .layers import mlp
 
 FLOOR = 0.02  # a white-noise floor on the noise's standard deviation, in x-scale units
 MOMENTUM = 0.99  # of the running residual covariance, per training step (about 100 steps' residuals)
@@ -96,3 +100,49 @@ class StructuredNoise(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dims={self.dims}, floor={FLOOR}, momentum={MOMENTUM}"
+
+
+class SpikeGate(nn.Module):
+    """The spike of a spike-and-slab output (`model.spike: true`): for each value of x, the probability
+    that it is not exactly 0, predicted from the decoder's input (z, y). A prior whose models are mostly
+    exact zeros (the blocks prior: one to three bodies in a background of contrast 0, 89% of cells 0)
+    has a posterior with an atom at 0 in every cell no body may reach; a decoder mean is continuous, so
+    its samples smear that atom around 0 and cannot be calibrated there (SBC ranks the truth 0 in the
+    middle of them, docs/findings.md section G). With the gate, a sample is the decoder's value where a
+    uniform draw falls below the predicted probability and exactly 0 elsewhere, still one pass.
+
+    Training: the gate's logits by the Bernoulli likelihood of (x != 0), per value in nats, added to the
+    reconstruction term; the decoder's value by the squared error on the values that are not 0 only (it is
+    the slab: x given that x is not 0). Gaussian latent only (the gate reads the same z as the decoder)."""
+
+    def __init__(self, z_dims: int, y_dims: int, x_dims: int, hidden: int, depth: int, activation: str,
+                 y_scale: float = 1.0):
+        super().__init__()
+        self.x_dims = int(x_dims)
+        self.y_scale = float(y_scale)
+        self.body = mlp([z_dims + y_dims] + [hidden] * max(1, depth), activation, False)
+        self.out = nn.Linear(hidden, self.x_dims)
+
+    def forward(self, z: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
+        """Logits of P(x != 0) (B, D) for rows z (B, Z) (None: no Gaussian part) and y (B, P, k)."""
+        yy = y.flatten(1) / self.y_scale
+        inp = yy if z is None or z.shape[-1] == 0 else torch.cat([z, yy], dim=1)
+        return self.out(self.body(inp))
+
+    @staticmethod
+    def nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """-log P(x == 0 or not) per value, averaged over x's values: logits (B, D), x (B, *x_shape) -> (B,)."""
+        target = (x.reshape(x.shape[0], -1) != 0).to(logits.dtype)
+        return nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(-1)
+
+    def draws(self, m: int, n: int, generator: torch.Generator) -> torch.Tensor:
+        """Uniform numbers for n gate draws per y, (M, n, D), on the CPU from `generator`."""
+        return torch.rand(m, n, self.x_dims, generator=generator)
+
+    @staticmethod
+    def keep(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Which values a sample keeps (1) or sets to exactly 0: u < sigmoid(logits), as x's dtype."""
+        return (u.to(logits) < torch.sigmoid(logits)).to(logits.dtype)
+
+    def extra_repr(self) -> str:
+        return f"x_dims={self.x_dims}"

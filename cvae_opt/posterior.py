@@ -183,6 +183,8 @@ class Posterior:
             draws = model.latent.draws(y, n, generator, weights, spec)
             if model.output_noise is not None:  # p(x|z,y)'s own noise, drawn after the latent's (same streams)
                 draws["noise"] = model.output_noise.draws(y.shape[0], n, generator)
+            if model.spike is not None:  # the spike's gate: which values are exactly 0 (same streams, after)
+                draws["spike"] = model.spike.draws(y.shape[0], n, generator)
             return draws
         finally:
             model.train(was_training)
