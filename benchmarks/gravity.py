@@ -35,7 +35,7 @@ from cvae_opt.field_metrics import evaluate_field_samples  # noqa: E402
 from cvae_opt.problems import resolve_problem  # noqa: E402
 
 SHOWN = ["chi2_median", "chi2_le2", "mean_error", "std_ratio_p10", "std_ratio_p90", "coverage_50_constrained",
-         "coverage_90_constrained", "coverage_50", "coverage_90", "sbc_ks", "energy_score", "diversity"]
+         "coverage_90_constrained", "coverage_50", "coverage_90", "sbc_ks", "energy_score", "crps", "diversity"]
 
 
 def tikhonov(problem, y: torch.Tensor) -> torch.Tensor:  # noqa: ANN001

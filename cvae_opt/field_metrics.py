@@ -12,7 +12,8 @@ On samples (M, S, *x_shape) answering M measurements y (M, n_points, k) of a `Fi
   distribution of the truth's rank among the samples (per cell, simulation-based calibration) and the
   uniform one (0 for a calibrated sampler, up to ~0.5 for one that always misses); `energy_score`,
   E|X - x| - E|X - X'| / 2 in the prior's units per cell (a proper scoring rule for the joint
-  distribution, but nearly blind to a wrong spread in high dimensions); `dss`, the Dawid-Sebastiani
+  distribution, but nearly blind to a wrong spread in high dimensions); `crps`, the same per cell averaged
+  over cells (a proper score of each cell's whole distribution, atoms included); `dss`, the Dawid-Sebastiani
   score per cell, mean of ((x - mean) / std)^2 + 2 log(std / scale) with the samples' mean and std (a
   proper score for each cell's mean and spread, so too narrow and too wide samples both pay); and
   `score` = -dss, what studies maximise.
@@ -77,6 +78,20 @@ def _energy_score(xs: np.ndarray, truth: np.ndarray, scale: float) -> float:
     return float(np.mean(to_truth - 0.5 * spread) / scale)
 
 
+def _crps(xs: np.ndarray, truth: np.ndarray, scale: float) -> float:
+    """Mean over conditions and cells of each cell's CRPS, E|X - t| - 0.5 E|X - X'| (the fair form, pairs of
+    distinct samples), in units of `scale`: a proper score of every cell's whole distribution, atoms
+    included (the blocks prior's exact zeros), where the Dawid-Sebastiani score sees two moments only."""
+    s = xs.shape[1]
+    to_truth = np.abs(xs - truth[:, None]).mean(axis=1)
+    if s < 2:
+        return float(to_truth.mean() / scale)
+    ordered = np.sort(xs, axis=1)
+    weights = (2 * np.arange(1, s + 1) - s - 1).reshape(1, s, 1)
+    pair = 2 * (weights * ordered).sum(axis=1) / (s * (s - 1))  # E|X - X'| over distinct pairs
+    return float(np.mean(to_truth - 0.5 * pair) / scale)
+
+
 def _dawid_sebastiani(xs: np.ndarray, truth: np.ndarray, var: np.ndarray, scale: float) -> float:
     """Mean over conditions and cells of ((t - mean) / std)^2 + 2 log(std / scale); the std is floored at
     1e-3 scale, so a collapsed sampler scores badly but finitely."""
@@ -87,7 +102,7 @@ def _dawid_sebastiani(xs: np.ndarray, truth: np.ndarray, var: np.ndarray, scale:
 
 def calibration_metrics(xs: np.ndarray, truth: np.ndarray, scale: float) -> dict[str, float]:
     """Samples (M, S, D) against the true models (M, D) they answer, in any problem whose posterior is
-    continuous: `coverage_50`, `coverage_90`, `sbc_ks`, `energy_score` and `dss` (module docstring), x in
+    continuous: `coverage_50`, `coverage_90`, `sbc_ks`, `energy_score`, `crps` and `dss` (module docstring), x in
     units of `scale` where a score has units."""
     s = xs.shape[1]
     var = xs.var(axis=1, ddof=1) if s > 1 else np.zeros((xs.shape[0], xs.shape[-1]))
@@ -96,6 +111,7 @@ def calibration_metrics(xs: np.ndarray, truth: np.ndarray, scale: float) -> dict
         "coverage_90": float(_interval_coverage(xs, truth, 0.9).mean()),
         "sbc_ks": _sbc_ks(xs, truth),
         "energy_score": _energy_score(xs, truth, scale),
+        "crps": _crps(xs, truth, scale),
         "dss": _dawid_sebastiani(xs, truth, var, scale),
     }
 

@@ -57,7 +57,7 @@ METRICS = (
     "score", "misfit_rmse", "r2", "slope_signs", "valid_fraction", "diversity", "mode_precision",
     "mode_recall", "mode_pr", "truth_recall", "val_loss", "val_kl", "val_recon", "val_physics", *REFINED_METRICS,
     # field problems (field_metrics): continuous posteriors
-    "chi2_median", "chi2_le2", "coverage_50", "coverage_90", "sbc_ks", "energy_score", "dss", "mean_error",
+    "chi2_median", "chi2_le2", "coverage_50", "coverage_90", "sbc_ks", "energy_score", "crps", "dss", "mean_error",
     "std_ratio_p10", "std_ratio_p90", "coverage_50_constrained", "coverage_90_constrained",
     # benchmark tasks (families.tasks): the share of samples outside the prior's box
     "outside_prior",

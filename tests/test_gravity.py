@@ -133,6 +133,11 @@ def test_sbc_breaks_ties_so_a_calibrated_sampler_with_exact_zeros_passes():
                                            rng.normal(size=(60, 200, 40))), truth, 1.0)
     assert calibrated["sbc_ks"] < 0.03  # strict ranks put every tied truth at the bottom: KS 0.74
     assert smeared["sbc_ks"] > 0.2
+    assert calibrated["crps"] < calibration_metrics(np.zeros((60, 200, 40)), truth, 1.0)["crps"]  # a proper score
+    one = spike_slab(1, 7, 1)  # the fair CRPS from sorted samples, against the pairwise sums written out
+    t = np.array([[0.3]])
+    direct = np.abs(one[0, :, 0] - 0.3).mean() - 0.5 * np.abs(one[0, :, None, 0] - one[0, None, :, 0]).sum() / (7 * 6)
+    assert calibration_metrics(one, t, 2.0)["crps"] == pytest.approx(direct / 2.0)
     zeros = np.zeros((60, 200, 40))
     assert calibration_metrics(zeros, truth, 1.0)["sbc_ks"] == calibration_metrics(zeros, truth, 1.0)["sbc_ks"]  # seeded
 

@@ -22,7 +22,7 @@ from ..layers import ACTIVATIONS, mlp, with_every_component
 from . import LOSS_METRICS, ProblemFamily, family_of, register
 
 FIELD_METRICS = ("score", "misfit_rmse", "diversity", "chi2_median", "chi2_le2", "coverage_50", "coverage_90",
-                 "sbc_ks", "energy_score", "dss")
+                 "sbc_ks", "energy_score", "crps", "dss")
 POSTERIOR_METRICS = ("mean_error", "std_ratio_p10", "std_ratio_p90", "coverage_50_constrained", "coverage_90_constrained")
 
 
