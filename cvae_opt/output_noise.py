@@ -108,7 +108,7 @@ class SpikeGate(nn.Module):
     exact zeros (the blocks prior: one to three bodies in a background of contrast 0, 89% of cells 0)
     has a posterior with an atom at 0 in every cell no body may reach; a decoder mean is continuous, so
     its samples smear that atom around 0 and cannot be calibrated there (SBC ranks the truth 0 in the
-    middle of them, docs/findings.md section G). With the gate, a sample is the decoder's value where a
+    middle of them, docs/findings.md section Z). With the gate, a sample is the decoder's value where a
     uniform draw falls below the predicted probability and exactly 0 elsewhere, still one pass.
 
     Training: the gate's logits by the Bernoulli likelihood of (x != 0), per value in nats, added to the
