@@ -145,7 +145,12 @@ class Progress:
         if trial.state == optuna.trial.TrialState.COMPLETE:
             return ", ".join(f"{m} {v:.4g}" for m, v in zip(self.spec.metrics, trial.values))
         if trial.state == optuna.trial.TrialState.PRUNED:
-            return f"pruned at epoch {trial.user_attrs.get('pruned_at_epoch', '?')}"
+            where = f"pruned at epoch {trial.user_attrs.get('pruned_at_epoch', '?')}"
+            epochs = (trial.user_attrs.get("config") or {}).get("train", {}).get("epochs")
+            if "seconds_per_epoch" in trial.user_attrs and trial.intermediate_values and epochs:
+                # a seconds budget: where on the axis the pruner compared it, and of how many epochs
+                where += f" of {epochs} ({max(trial.intermediate_values)} s of training)"
+            return where
         reason = str(trial.user_attrs.get("fail_reason", "")).strip()
         return f"failed: {reason.splitlines()[0][:200]}" if reason else "failed"
 

@@ -89,3 +89,17 @@ def test_an_epochs_override_turns_the_timing_off(tmp_path):
     assert "seconds_per_epoch" not in t.user_attrs and t.user_attrs["config"]["train"]["epochs"] == 2
     assert sorted(t.intermediate_values) == [1, 2]  # the epoch axis, as without a seconds budget
     assert math.isfinite(t.value)
+
+
+def test_a_pruned_trials_progress_line_says_where_on_the_seconds_axis(tmp_path):
+    from cvae_opt.workers import Progress
+
+    spec = load_study_file(write_study(tmp_path / "ok.yaml"))
+    progress = Progress(spec, total=2, start_finished=0, quiet=True)
+    timed = optuna.trial.create_trial(
+        state=optuna.trial.TrialState.PRUNED, params={}, distributions={}, intermediate_values={1: 0.1, 2: 0.2},
+        user_attrs={"pruned_at_epoch": 30, "seconds_per_epoch": 0.07, "config": {"train": {"epochs": 85}}})
+    assert progress.result(timed) == "pruned at epoch 30 of 85 (2 s of training)"
+    plain = optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, params={}, distributions={},
+                                      intermediate_values={3: 0.1}, user_attrs={"pruned_at_epoch": 3})
+    assert progress.result(plain) == "pruned at epoch 3"
