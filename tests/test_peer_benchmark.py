@@ -43,7 +43,8 @@ def test_peer_stops_on_time_and_samples(name: str) -> None:
 def test_alias_and_labels() -> None:
     peer = _peer()
     args = peer.parse(["--problem", "gravity2d", "--cvae", "unused", "--estimator", "nsf"])
-    assert args.estimators == ["nsf"] and peer.parse(["--problem", "gravity2d", "--cvae", "u"]).estimators == ["maf"]
+    assert args.estimators == ["nsf"]
+    assert peer.parse(["--problem", "gravity2d", "--cvae", "u"]).estimators == ["maf", "nsf", "fmpe"]  # issue 26 item 5
     assert "32 components, hidden 512" in peer.label("mdn", peer.settings("mdn", args))
     with pytest.raises(SystemExit):
         peer.settings("bogus", args)
