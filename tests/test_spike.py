@@ -11,6 +11,7 @@ from cvae_opt.config import Config
 from cvae_opt.data import draw_pairs
 from cvae_opt.errors import UserError
 from cvae_opt.field_metrics import calibration_metrics
+from cvae_opt.latents import DrawSpec
 from cvae_opt.models import build_model
 from cvae_opt.posterior import Posterior
 from cvae_opt.problems import FieldProblem
@@ -72,17 +73,12 @@ def test_draws_are_exact_zeros_at_the_declared_rate_and_follow_the_seed():
     expected = torch.sigmoid(logits).double()
     assert (kept - expected).abs().max() < 4 * (0.25 / 20_000) ** 0.5 + 1e-3, (kept, expected)
     assert torch.equal(x, post.sample(y, 20_000, seed=3))
-    draws = post._draws(y, 5, torch.Generator().manual_seed(4), post_spec(), 8192)
+    draws = post._draws(y, 5, torch.Generator().manual_seed(4), DrawSpec(), 8192)
     assert draws["spike"].shape == (2, 5, 6)
     with torch.no_grad():
         slab = model.decode(y, {k: v for k, v in draws.items() if k != "spike"})
         both = model.decode(y, draws)
     assert torch.equal(both[both != 0], slab[both != 0])  # kept values are the decoder's own
-
-
-def post_spec():
-    from cvae_opt.latents import DrawSpec
-    return DrawSpec()
 
 
 def _train(model, steps: int, seed: int = 0, beta: float = 0.05):
