@@ -130,8 +130,12 @@ def test_ctrl_c_fails_the_running_trial_cleanly_and_the_study_resumes(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     caught = False
     deadline = time.time() + 180
-    while not caught and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+    while not caught and time.time() < deadline:
+        try:
+            proc.wait(timeout=0.2)  # returns at once if the run ended early: then there is nothing to catch
+            break
+        except subprocess.TimeoutExpired:
+            pass
         try:
             caught = any(2 in t.intermediate_values for t in load(tmp_path).get_trials(states=(S.RUNNING,)))
         except Exception:  # the file is being created
@@ -179,8 +183,12 @@ def test_ctrl_c_in_a_terminal_stops_every_worker_once_without_a_traceback(tmp_pa
                             start_new_session=True)
     caught = False
     deadline = time.time() + 180
-    while not caught and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+    while not caught and time.time() < deadline:
+        try:
+            proc.wait(timeout=0.2)  # returns at once if the run ended early: then there is nothing to catch
+            break
+        except subprocess.TimeoutExpired:
+            pass
         try:
             running = load(tmp_path).get_trials(states=(S.RUNNING,))
         except Exception:  # the file is being created
