@@ -7,8 +7,10 @@ Retrains each config with several seeds (the same `train` a trial and `retrain` 
 - raw posterior draws (one decoder pass per sample; `generate` by default);
 - raw coverage draws (`generate --draw coverage`: every distinct hypothesis first; component latents);
 - the refined pipeline at each `--oversample` K (`generate --refine STEPS --oversample K`), from model
-  draws (coverage draws for component latents, posterior for Gaussian ones) and, at the same LM
-  budget and K, from random prior lines: the difference is what the model contributes;
+  draws (coverage draws for component latents, posterior for Gaussian ones; for hypotheses latents also
+  `--draw coverage --within spread --temperature 0`: K distinct starts per hypothesis, every hypothesis
+  alike) and, at the same LM budget and K, from random prior lines: the difference is what the model
+  contributes;
 - next to them, the limits of the exact posterior: the expected mode recall of S independent draws
   (`metrics.expected_recall`, T = 1) and of distinct draws (every mode of a y with at most S modes).
 
@@ -140,6 +142,14 @@ def main() -> int:
                             lambda: Posterior(model, problem).sample(y, args.samples, SamplingOptions(
                                 draw=draw, refine_steps=args.refine, oversample=k), seed=seed))
                 line += f"; refined x{k} recall {r['mode_recall']:.3f}"
+            if model.latent.has_spread:  # distinct starts from one hypothesis: draws within its learnt spread,
+                # every hypothesis of weight >= 0.01 alike (temperature 0), chosen on validation (findings P)
+                for k in args.oversample:
+                    r = measure(f"{name} refined, coverage draws within spread at T 0, oversample {k}", problem, y, sols,
+                                lambda: Posterior(model, problem).sample(y, args.samples, SamplingOptions(
+                                    draw="coverage", within="spread", temperature=0.0, refine_steps=args.refine,
+                                    oversample=k), seed=seed))
+                    line += f"; refined within spread x{k} recall {r['mode_recall']:.3f}"
             print(line, flush=True)
         for seed in args.seeds if path == sources[0] else []:
             for k in args.oversample:
