@@ -255,16 +255,32 @@ class GaussianLatent(LatentFamily):
             recon = recon + parts["spike"]
         physics = None
         if not ctx.physics_off:
-            physics = F.mse_loss(ctx.problem(out["x_hat"]), y) / ctx.y_var
+            if "spike_logits" in out:  # the gated samples' misfit, on average over the gate's draws
+                physics = model.spike.expected_misfit(ctx.problem, out["x_hat"], out["spike_logits"], y, ctx.y_var).mean()
+            else:
+                physics = F.mse_loss(ctx.problem(out["x_hat"]), y) / ctx.y_var
             parts["physics_rec"] = physics
         if tc.w_y > 0 and tc.physics_samples > 0:
-            per_sample = misfit(ctx.problem, model.draw(y, tc.physics_samples, ctx.generator), y, ctx.y_var)
+            if model.spike is not None:
+                per_sample = self._spike_misfit_gen(model, y, tc.physics_samples, ctx)
+            else:
+                per_sample = misfit(ctx.problem, model.draw(y, tc.physics_samples, ctx.generator), y, ctx.y_var)
             if tc.physics_reduce == "min":  # winner takes all: the other samples are free to cover other modes
                 parts["physics_gen"] = per_sample.min(dim=1).values.mean()
             else:
                 parts["physics_gen"] = per_sample.mean()
             physics = 0.5 * (physics + parts["physics_gen"])
         return kl_opt, recon, physics, parts
+
+    @staticmethod
+    def _spike_misfit_gen(model, y, n, ctx) -> torch.Tensor:
+        """(B, n): the expected misfit of gated samples from n draws z ~ r(z|y) each (`SpikeGate.expected_misfit`)."""
+        p = model.prior_params(y)
+        eps = normal((y.shape[0], n, p["mu"].shape[-1]), y, ctx.generator)
+        z = reparametrise(p["mu"].unsqueeze(1), p["logvar"].unsqueeze(1), eps).reshape(y.shape[0] * n, -1)
+        yr = repeat_rows(y, n)
+        slab = model.decoder(z, yr)
+        return model.spike.expected_misfit(ctx.problem, slab, model.spike(z, yr), yr, ctx.y_var).view(y.shape[0], n)
 
     def draws(self, y, n, generator, weights, spec):
         return {"eps": torch.randn(y.shape[0], n, self.gaussian_dims, generator=generator)}

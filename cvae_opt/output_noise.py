@@ -26,6 +26,7 @@ for 32 x 64.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -113,7 +114,9 @@ class SpikeGate(nn.Module):
 
     Training: the gate's logits by the Bernoulli likelihood of (x != 0), per value in nats, added to the
     reconstruction term; the decoder's value by the squared error on the values that are not 0 only (it is
-    the slab: x given that x is not 0). Gaussian latent only (the gate reads the same z as the decoder)."""
+    the slab: x given that x is not 0). With a physics term (w_y > 0) its misfit is that of the gated
+    samples on average over the gate's draws (`expected_misfit`), not the slab's, which no sample is.
+    Gaussian latent only (the gate reads the same z as the decoder)."""
 
     def __init__(self, z_dims: int, y_dims: int, x_dims: int, hidden: int, depth: int, activation: str,
                  y_scale: float = 1.0):
@@ -122,6 +125,7 @@ class SpikeGate(nn.Module):
         self.y_scale = float(y_scale)
         self.body = mlp([z_dims + y_dims] + [hidden] * max(1, depth), activation, False)
         self.out = nn.Linear(hidden, self.x_dims)
+        self._columns: tuple | None = None  # (device, dtype), ||G_i||^2 per value: `column_energy`
 
     def forward(self, z: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
         """Logits of P(x != 0) (B, D) for rows z (B, Z) (None: no Gaussian part) and y (B, P, k)."""
@@ -134,6 +138,35 @@ class SpikeGate(nn.Module):
         """-log P(x == 0 or not) per value, averaged over x's values: logits (B, D), x (B, *x_shape) -> (B,)."""
         target = (x.reshape(x.shape[0], -1) != 0).to(logits.dtype)
         return nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(-1)
+
+    def expected_misfit(self, problem: Any, slab: torch.Tensor, logits: torch.Tensor, y: torch.Tensor,
+                        y_var: float) -> torch.Tensor:
+        """The data misfit the gated samples have on average over the gate's draws, per row, in the units of
+        `latents.misfit` (mean squared error over y's values / y_var): slab (B, *x_shape), logits (B, D), y
+        (B, P, k) -> (B,). A sample is m * slab with m_i ~ Bernoulli(p_i) independent, so for a linear
+        forward map G, E ||G (m * slab) - y||^2 = ||G (p * slab) - y||^2 + sum_i p_i (1 - p_i) slab_i^2
+        ||G_i||^2 exactly (G_i: column i): the first part fits y on average, the second is the spread the
+        gate's own uncertainty puts into the data, which pushes it to decide where a value matters to y.
+        Differentiable in the slab and the gate, unlike the hard draws. For a forward map that is not
+        linear the columns are its Jacobian's at x = 0, an approximation."""
+        p = torch.sigmoid(logits)
+        flat = slab.reshape(slab.shape[0], -1)
+        mean = problem((p * flat).view_as(slab))
+        n_y = mean[0].numel()
+        spread = (p * (1 - p) * flat**2 * self.column_energy(problem, slab)).sum(-1)
+        return (((mean - y) ** 2).flatten(1).sum(-1) + spread) / (n_y * y_var)
+
+    def column_energy(self, problem: Any, like: torch.Tensor) -> torch.Tensor:
+        """||G_i||^2 for every value i of x (D,): the forward map of each unit model less that of 0, computed
+        once per device and dtype (a batch of D forward passes) and kept."""
+        key = (like.device, like.dtype)
+        if self._columns is None or self._columns[0] != key:
+            with torch.no_grad():
+                shape = like.shape[1:]
+                eye = torch.eye(self.x_dims, device=like.device, dtype=like.dtype).view(self.x_dims, *shape)
+                g = problem(eye) - problem(torch.zeros((1, *shape), device=like.device, dtype=like.dtype))
+                self._columns = (key, g.flatten(1).pow(2).sum(-1))
+        return self._columns[1]
 
     def draws(self, m: int, n: int, generator: torch.Generator) -> torch.Tensor:
         """Uniform numbers for n gate draws per y, (M, n, D), on the CPU from `generator`."""

@@ -11,7 +11,7 @@ from cvae_opt.config import Config
 from cvae_opt.data import draw_pairs
 from cvae_opt.errors import UserError
 from cvae_opt.field_metrics import calibration_metrics
-from cvae_opt.latents import DrawSpec
+from cvae_opt.latents import DrawSpec, misfit
 from cvae_opt.models import build_model
 from cvae_opt.posterior import Posterior
 from cvae_opt.problems import FieldProblem
@@ -122,3 +122,31 @@ def test_a_spike_model_learns_the_posterior_probability_of_zero():
     without = calibration_metrics(xp.double().numpy(), pairs.x.double().numpy(), 1.0)["sbc_ks"]
     print(f"zero share error {float((on - exact).abs().mean()):.3f}, SBC KS with the spike {with_spike:.3f}, without {without:.3f}")
     assert with_spike < 0.065 < without, (with_spike, without)  # measured: 0.053 against 0.078
+
+
+def test_the_physics_term_of_a_spike_model_is_its_gated_samples_misfit_on_average():
+    """`SpikeGate.expected_misfit` (closed form over the gate's independent Bernoulli draws) against the
+    mean misfit of 100,000 hard-gated samples per y; and with w_y > 0 the gate learns from it: its
+    gradient differs from the one without the physics term."""
+    torch.manual_seed(0)
+    model = spike_model()
+    gen = torch.Generator().manual_seed(5)
+    pairs = draw_pairs(SPARSE, 4, gen)
+    slab, logits = torch.randn(4, 6, generator=gen, dtype=torch.float64), torch.randn(4, 6, generator=gen, dtype=torch.float64)
+    expected = model.spike.expected_misfit(SPARSE, slab, logits, pairs.y.double(), NOISE**2)
+    keep = (torch.rand(4, 100_000, 6, generator=gen, dtype=torch.float64) < torch.sigmoid(logits).unsqueeze(1))
+    sampled = misfit(SPARSE, keep * slab.unsqueeze(1), pairs.y.double(), NOISE**2).mean(1)
+    assert torch.allclose(expected, sampled, rtol=0.01), (expected, sampled)
+    slab_only = misfit(SPARSE, slab.unsqueeze(1), pairs.y.double(), NOISE**2).squeeze(1)
+    assert not torch.allclose(expected, slab_only, rtol=0.1)  # the slab is no sample
+
+    grads = []
+    for w_y in (0.0, 1.0):
+        tc = Config.from_dict({"train": {"beta": 0.05, "w_y": w_y}}).train
+        model.zero_grad()
+        torch.manual_seed(1)
+        loss, parts = model.loss(pairs.x, pairs.y, SPARSE, tc, tc.beta)
+        loss.backward()
+        grads.append(model.spike.out.weight.grad.clone())
+    assert torch.isfinite(parts["physics_gen"]) and torch.isfinite(parts["physics_rec"])
+    assert not torch.allclose(grads[0], grads[1])
