@@ -545,10 +545,18 @@ class HeartbeatGrpcProxy(GrpcStorageProxy, BaseHeartbeat):
         self._cache = GrpcClientCache(self._stub)
 
     def record_heartbeat(self, trial_id: int) -> None:
+        import grpc
+
         try:
             self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
         except UpdateFinishedTrialError:
             pass  # another worker already failed it as stale; the trial's own result decides the rest
+        except grpc.RpcError as e:
+            # a beat that could not be sent (the proxy restarting past the call's retries) is not the trial's
+            # failure: Optuna's heartbeat thread would die with it and the trial beat no more, so say so and
+            # beat again at the next interval (a trial is stale only after a grace of three missed beats)
+            code = e.code() if hasattr(e, "code") else None
+            optuna.logging.get_logger(__name__).warning(f"heartbeat of trial {trial_id} not recorded ({code}); the next beat retries")
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         now = time.time()
