@@ -124,22 +124,30 @@ def test_a_killed_worker_loses_nothing_and_its_trial_is_retried(tmp_path):
     assert integrity(tmp_path) == "ok"
 
 
+def caught_mid_trial(proc: subprocess.Popen, tmp_path, running_ok, seconds: float = 180) -> bool:
+    """Whether the run `proc` was seen, within `seconds`, with running trials that `running_ok` accepts;
+    waits on the process between looks at the study (False at once if the run ended first)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            proc.wait(timeout=0.2)  # returns at once if the run ended early: then there is nothing to catch
+            return False
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            running = load(tmp_path).get_trials(states=(S.RUNNING,))
+        except Exception:  # the file is being created
+            continue
+        if running_ok(running):
+            return True
+    return False
+
+
 def test_ctrl_c_fails_the_running_trial_cleanly_and_the_study_resumes(tmp_path):
     f = tiny_study(tmp_path / "tiny.yaml", epochs=400, train_size=500)  # trials long enough to be caught
     proc = subprocess.Popen([sys.executable, "-m", "cvae_opt.run", "--study", str(f), "--trials", "3"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    caught = False
-    deadline = time.time() + 180
-    while not caught and time.time() < deadline:
-        try:
-            proc.wait(timeout=0.2)  # returns at once if the run ended early: then there is nothing to catch
-            break
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            caught = any(2 in t.intermediate_values for t in load(tmp_path).get_trials(states=(S.RUNNING,)))
-        except Exception:  # the file is being created
-            continue
+    caught = caught_mid_trial(proc, tmp_path, lambda running: any(2 in t.intermediate_values for t in running))
     assert caught, "the run was never caught in the middle of a trial"
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
@@ -181,19 +189,8 @@ def test_ctrl_c_in_a_terminal_stops_every_worker_once_without_a_traceback(tmp_pa
     proc = subprocess.Popen([sys.executable, "-m", "cvae_opt.run", "--study", str(f), "--trials", "4", "--jobs", "2"],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-    caught = False
-    deadline = time.time() + 180
-    while not caught and time.time() < deadline:
-        try:
-            proc.wait(timeout=0.2)  # returns at once if the run ended early: then there is nothing to catch
-            break
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            running = load(tmp_path).get_trials(states=(S.RUNNING,))
-        except Exception:  # the file is being created
-            continue
-        caught = len(running) == 2 and all(2 in t.intermediate_values for t in running)
+    caught = caught_mid_trial(proc, tmp_path,
+                              lambda running: len(running) == 2 and all(2 in t.intermediate_values for t in running))
     assert caught, "the two workers were never caught in the middle of their trials"
     os.killpg(proc.pid, signal.SIGINT)  # what the terminal does
     out, err = proc.communicate(timeout=120)
