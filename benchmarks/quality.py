@@ -137,19 +137,17 @@ def main() -> int:
                 cov = measure(f"{name} raw, coverage", problem, y, sols,
                               lambda: Posterior(model, problem).sample(y, args.samples, SamplingOptions(draw="coverage"), seed=seed))
                 line += f"; coverage precision {cov['mode_precision']:.3f} recall {cov['mode_recall']:.3f}"
-            for k in args.oversample:
-                r = measure(f"{name} refined, {draw} draws, oversample {k}", problem, y, sols,
-                            lambda: Posterior(model, problem).sample(y, args.samples, SamplingOptions(
-                                draw=draw, refine_steps=args.refine, oversample=k), seed=seed))
-                line += f"; refined x{k} recall {r['mode_recall']:.3f}"
+            starts = [(f"{draw} draws", "", {"draw": draw})]
             if model.latent.has_spread:  # distinct starts from one hypothesis: draws within its learnt spread,
                 # every hypothesis of weight >= 0.01 alike (temperature 0), chosen on validation (findings P)
+                starts.append(("coverage draws within spread at T 0", " within spread",
+                               {"draw": "coverage", "within": "spread", "temperature": 0.0}))
+            for label, short, opts in starts:
                 for k in args.oversample:
-                    r = measure(f"{name} refined, coverage draws within spread at T 0, oversample {k}", problem, y, sols,
+                    r = measure(f"{name} refined, {label}, oversample {k}", problem, y, sols,
                                 lambda: Posterior(model, problem).sample(y, args.samples, SamplingOptions(
-                                    draw="coverage", within="spread", temperature=0.0, refine_steps=args.refine,
-                                    oversample=k), seed=seed))
-                    line += f"; refined within spread x{k} recall {r['mode_recall']:.3f}"
+                                    refine_steps=args.refine, oversample=k, **opts), seed=seed))
+                    line += f"; refined{short} x{k} recall {r['mode_recall']:.3f}"
             print(line, flush=True)
         for seed in args.seeds if path == sources[0] else []:
             for k in args.oversample:
