@@ -166,8 +166,8 @@ def test_a_run_takes_one_interrupt_and_ignores_the_next():
     second Ctrl-C) are ignored while the first one's trial bookkeeping runs, instead of breaking into it."""
     code = textwrap.dedent("""
         import os, signal
-        from cvae_opt.commands.run import _interruptible
-        _interruptible()
+        from cvae_opt.interrupts import install_interrupt_handler
+        install_interrupt_handler()
         try:
             os.kill(os.getpid(), signal.SIGINT)  # a signal to itself is handled before the next line runs
             raise SystemExit("the first interrupt was not raised")
@@ -180,6 +180,47 @@ def test_a_run_takes_one_interrupt_and_ignores_the_next():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["stopped", "once", "bookkeeping", "done"]
+
+
+def test_an_interrupt_landing_in_a_storage_call_is_raised_after_it(tmp_path):
+    """Ctrl-C that arrives while the main thread is inside an SQLite write waits for the write to finish
+    (about half of this loop's time is spent in storage code, so most rounds land inside one):
+    the KeyboardInterrupt is raised outside Optuna's and SQLAlchemy's code, and the storage takes the
+    trial's bookkeeping at once (raised inside a commit, it left the write lock held and the run hung)."""
+    code = textwrap.dedent(f"""
+        import os, signal, threading, traceback, optuna
+        from cvae_opt.interrupts import STORAGE_MODULES, install_interrupt_handler
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        url = "sqlite:///{tmp_path / 's.db'}"
+        study = optuna.create_study(storage=url, study_name="s")
+        trial = study.ask()
+        for round in range(5):
+            install_interrupt_handler()
+            busy = threading.Event()
+            threading.Thread(target=lambda: (busy.wait(), os.kill(os.getpid(), signal.SIGINT))).start()
+            try:
+                for i in range(100000):  # a training loop: an epoch's work, then a storage write
+                    sum(j * j for j in range(2000))
+                    trial.set_user_attr("i", i)
+                    if i == 20:
+                        busy.set()
+                raise SystemExit("the interrupt was never raised")
+            except KeyboardInterrupt as exc:
+                # raised as the storage call returned (by the trace that deferred it), never inside it
+                frames = traceback.extract_tb(exc.__traceback__)
+                inside = [f for f in frames if any(f"{{os.sep}}{{m.replace('.', os.sep)}}" in f.filename
+                                                   for m in STORAGE_MODULES)]
+                if inside:
+                    raise SystemExit(f"raised inside a storage call: {{inside[-1]}}")
+        trial.set_user_attr("interrupted", True)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        print("raised outside storage", flush=True)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["raised", "outside", "storage"]
+    t = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}").trials[0]
+    assert t.state == S.FAIL and t.user_attrs["interrupted"] is True
 
 
 def test_ctrl_c_in_a_terminal_stops_every_worker_once_without_a_traceback(tmp_path):

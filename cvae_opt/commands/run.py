@@ -9,12 +9,11 @@ resumes the study. `--jobs N` starts N worker processes on the same storage. The
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import threading
-from typing import Any
 
 from .common import EXIT_INTERRUPTED, run_main
+from ..interrupts import install_interrupt_handler
 from ..workers import RunOptions, run_study
 from ..storage import DEFAULT_ARTIFACTS, HEARTBEAT_SECONDS, STORAGE_HELP, default_storage
 
@@ -55,28 +54,11 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _interruptible() -> None:
-    """Ctrl-C (SIGINT) and a scheduler's SIGTERM both end the study cleanly: the running trial is
-    failed, the summary printed, exit 130. SIGINT is re-armed because shells start background jobs
-    with it ignored. Once per process: a terminal's Ctrl-C reaches every worker of `--jobs N` and the lead
-    then forwards one more, and a second KeyboardInterrupt landing inside the first one's trial bookkeeping
-    (Optuna's storage writes) ended a worker in a traceback with its trial half-recorded; the lead still
-    stops the workers within a minute."""
-
-    def stop(signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     options = RunOptions(**vars(parser().parse_args(argv)))
     if threading.current_thread() is threading.main_thread():
-        _interruptible()
+        install_interrupt_handler()  # Ctrl-C / SIGTERM: the running trial failed and re-queued, exit 130
     result = run_study(options)
     return EXIT_INTERRUPTED if result.interrupted else (1 if result.failed_workers else 0)
 
