@@ -185,6 +185,10 @@ class TrainConfig:
     # a cheap refined estimate at every epoch before the last (refined_*_estimate: the first N validation
     # conditions, oversample 2), so that studies with a refined_* objective can be pruned; 0 = off
     eval_refine_estimate: int = 0
+    # the largest share of training time the per-epoch validation (losses and metrics) may take: 0 =
+    # every epoch; e.g. 0.05 validates only as often as keeps it near 5% of the training loop's time (the
+    # first and last epochs always). What a long run or a study spends on its curve goes to training.
+    eval_overhead: float = 0.0
 
     def validate(self, where: str = "train") -> None:
         _one_of(self, where, lr_schedule=LR_SCHEDULES, physics_reduce=PHYSICS_REDUCE, eval_draw=DRAWS,
@@ -195,6 +199,9 @@ class TrainConfig:
                   eval_temperature=0.0)
         if not self.lr > 0:
             raise UserError(f"{where}.lr: {shown(self.lr)}; the learning rate must be > 0")
+        if not 0 <= self.eval_overhead < 1:
+            raise UserError(f"{where}.eval_overhead: {shown(self.eval_overhead)}; use a share of the training time in "
+                            f"[0, 1), e.g. 0.05 (0 = validate every epoch)")
         if not DEVICE_PATTERN.match(self.device):
             raise UserError(f"{where}.device: unknown device {shown(self.device)}; use auto, cpu, cuda or cuda:N")
 

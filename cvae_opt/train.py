@@ -138,6 +138,18 @@ class Training:
         self.order = torch.Generator().manual_seed(tc.seed)  # the batch order
         self.history: list[dict[str, float]] = []
         self.seconds = 0.0
+        self._eval_seconds, self._since_eval = 0.0, 0.0  # the last validation's cost, training since it
+
+    def _validate_now(self, epoch: int, last: bool) -> bool:
+        """Every epoch, or with `eval_overhead` only once the training since the last validation is at least
+        that validation's cost over the share (and always at the first and last epoch)."""
+        share = self.cfg.train.eval_overhead
+        return share == 0 or last or epoch == 0 or self._since_eval * share >= self._eval_seconds
+
+    def _val_noise(self) -> torch.Generator:
+        """The same draws for every validation loss, apart from the training's: how often a run validates
+        changes nothing it trains (a trial, validating only at its end, and its retrain train alike)."""
+        return torch.Generator(device=self.device).manual_seed(self.cfg.train.seed + 11)
 
     def result(self) -> TrainResult:
         return TrainResult(self.model, self.problem, list(self.history), self.seconds)
@@ -149,12 +161,16 @@ class Training:
             t0 = time.perf_counter()
             sums = self._epoch(epoch)
             train_seconds = time.perf_counter() - t0
+            self._since_eval += train_seconds
             metrics: dict[str, float] = {"epoch": epoch + 1}
             metrics.update({f"train_{k}": float(v) / self.steps_per_epoch for k, v in sums.items()})
             last = epoch + 1 == tc.epochs
-            if self.val_loss_every_epoch or last:
-                metrics.update(validation_loss(self.model, self.problem, self.val_pairs, tc, tc.beta, generator=self.noise))
-            metrics.update(self.evaluator.epoch(self.model, tc, last=last))
+            if self._validate_now(epoch, last):
+                if self.val_loss_every_epoch or last:
+                    metrics.update(validation_loss(self.model, self.problem, self.val_pairs, tc, tc.beta,
+                                                   generator=self._val_noise()))
+                metrics.update(self.evaluator.epoch(self.model, tc, last=last))
+                self._eval_seconds, self._since_eval = time.perf_counter() - t0 - train_seconds, 0.0
             metrics["epoch_seconds"] = train_seconds
             metrics["eval_seconds"] = time.perf_counter() - t0 - train_seconds
             self.seconds += time.perf_counter() - t0
@@ -208,13 +224,20 @@ class Training:
 
 def seconds_per_epoch(cfg: Config, data: tuple[Pairs, Pairs] | None = None, epochs: int = 2) -> float:
     """What one epoch of this config costs on this machine now: a throwaway run of the same model, data and
-    settings (nothing of it is kept), its training loop plus its per-epoch validation metrics, the fastest
-    of `epochs` epochs: the first pays one-off costs (kernel set-up, bfloat16 primitives: up to several
+    settings (nothing of it is kept), its training loop plus its validation metrics spread over the epochs
+    between two validations (`eval_overhead`), the fastest of `epochs` epochs: the first pays one-off costs (kernel set-up, bfloat16 primitives: up to several
     times a warm epoch). A study with a seconds budget turns it into each trial's epochs (`epochs_within`)."""
     probe = Config.from_dict(cfg.to_dict())
     probe.train.epochs = epochs
-    return min(float(m["epoch_seconds"] + m["eval_seconds"])
-               for m in Training(probe, data, val_loss_every_epoch=False).epochs())
+    probe.train.eval_overhead = 0.0  # every probe epoch validates: its cost is measured, then spread
+    runs = [(float(m["epoch_seconds"]), float(m["eval_seconds"]))
+            for m in Training(probe, data, val_loss_every_epoch=False).epochs()]
+    train_s, eval_s = min(t for t, _ in runs), min(e for _, e in runs)
+    share = cfg.train.eval_overhead
+    if share == 0:
+        return train_s + eval_s
+    every = max(1, math.ceil(eval_s / max(share * train_s, 1e-9)))  # epochs between validations
+    return train_s + eval_s / every
 
 
 def epochs_within(seconds: float, per_epoch: float, cap: int) -> int:

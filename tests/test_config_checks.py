@@ -26,6 +26,7 @@ BAD = {  # what the study file says -> what the one error line must name
     "oversample 0": ({"fixed": {"eval_oversample": 0}}, "fixed.train.eval_oversample: 0; it must be a positive integer"),
     "negative beta": ({"fixed": {"beta": -0.5}}, "fixed.train.beta: -0.5; it must be >= 0"),
     "zero lr": ({"fixed": {"lr": 0}}, "fixed.train.lr: 0.0; the learning rate must be > 0"),
+    "validation share 1": ({"fixed": {"eval_overhead": 1.0}}, "fixed.train.eval_overhead: 1.0; use a share of the training time in [0, 1)"),
     "bad device": ({"fixed": {"device": "gpu"}}, "fixed.train.device: unknown device 'gpu'"),
     "no training pairs": ({"data": {"train_size": 0, "val_size": 100}}, "fixed.data.train_size: 0; it must be a positive integer"),
     "negative noise": ({"data": {"train_size": 500, "val_size": 100, "noise": -0.1}}, "fixed.data.noise: -0.1; it must be >= 0"),

@@ -81,6 +81,22 @@ def test_each_trial_trains_the_epochs_its_config_fits_in_the_budget(tmp_path):
     assert Config.from_yaml_file(out).train.epochs == best.user_attrs["config"]["train"]["epochs"]
 
 
+def test_a_trial_validating_seldom_reports_then_and_trains_its_whole_budget(tmp_path):
+    """`eval_overhead`: validation every few epochs instead of every epoch; the trial reports its value only
+    where it validated (its first and last epoch here), still on the seconds axis, and completes."""
+    f = write_study(tmp_path / "timed.yaml", name="seldom", sampler={"name": "random", "args": {"seed": 0}},
+                    search={"lr": {"type": "float", "low": 1e-3, "high": 2e-3}},
+                    fixed={"latent": 4, "channels": [8], "kernels": [5], "eval_conditions": 5, "eval_samples": 3,
+                           "batch_size": 100, "hidden": 16, "eval_overhead": 1e-6})
+    r = cli("run", "--study", f, "--trials", 1, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    t = study_of(tmp_path, "seldom").trials[0]
+    epochs = t.user_attrs["config"]["train"]["epochs"]
+    assert t.state == optuna.trial.TrialState.COMPLETE and epochs >= 3
+    assert sorted(t.intermediate_values) == [budget_step(1, epochs, 6.0), 6]
+    assert t.value == t.intermediate_values[6]
+
+
 def test_an_epochs_override_turns_the_timing_off(tmp_path):
     f = write_study(tmp_path / "timed.yaml", name="fixed")
     r = cli("run", "--study", f, "--trials", 1, "--epochs", 2, cwd=tmp_path)

@@ -286,3 +286,17 @@ def test_grad_norms_benchmark_prints_every_epochs_norms_before_the_clip(cache, t
     out, clipped = norms("--clip", "1e-8")
     assert "clip 1e-08" in out
     assert min(m for m, _ in clipped) > 1e-6  # what is printed is the norm before clipping, not the clipped one
+
+
+def test_eval_overhead_validates_seldom_and_trains_the_same_model(cache):
+    """With `eval_overhead` a run validates only as often as keeps validation near that share of its
+    training time (the first and last epoch always), and what it trains does not depend on how often it
+    validates: the validation loss draws its own noise, not the training's."""
+    every = train(config(cache, epochs=6, eval_conditions=20, eval_samples=10))
+    seldom = train(config(cache, epochs=6, eval_conditions=20, eval_samples=10, eval_overhead=0.001))
+    assert [h["epoch"] for h in every.history if "score" in h] == [1, 2, 3, 4, 5, 6]
+    assert [h["epoch"] for h in seldom.history if "score" in h] == [1, 6]
+    assert [h["epoch"] for h in seldom.history if "val_loss" in h] == [1, 6]
+    for (name, a), b in zip(every.model.state_dict().items(), seldom.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert every.last["score"] == seldom.last["score"]
