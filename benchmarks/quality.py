@@ -8,8 +8,8 @@ Retrains each config with several seeds (the same `train` a trial and `retrain` 
 - raw coverage draws (`generate --draw coverage`: every distinct hypothesis first; component latents);
 - the refined pipeline at each `--oversample` K (`generate --refine STEPS --oversample K`), from model
   draws (coverage draws for component latents, posterior for Gaussian ones; for hypotheses latents also
-  `--draw coverage --within spread --temperature 0`: K distinct starts per hypothesis, every hypothesis
-  alike) and, at the same LM budget and K, from random prior lines: the difference is what the model
+  `--draw coverage --within spread --temperature 0 [--min-weight 0.001]`: K distinct starts per hypothesis,
+  every hypothesis of weight >= 0.01 [0.001] alike) and, at the same LM budget and K, from random prior lines: the difference is what the model
   contributes;
 - next to them, the limits of the exact posterior: the expected mode recall of S independent draws
   (`metrics.expected_recall`, T = 1) and of distinct draws (every mode of a y with at most S modes).
@@ -142,6 +142,9 @@ def main() -> int:
                 # every hypothesis of weight >= 0.01 alike (temperature 0), chosen on validation (findings P)
                 starts.append(("coverage draws within spread at T 0", " within spread",
                                {"draw": "coverage", "within": "spread", "temperature": 0.0}))
+                # the same with hypotheses down to weight 0.001 eligible (`--min-weight 0.001`)
+                starts.append(("coverage draws within spread at T 0, min weight 0.001", " within spread w>=0.001",
+                               {"draw": "coverage", "within": "spread", "temperature": 0.0, "min_weight": 0.001}))
             for label, short, opts in starts:
                 for k in args.oversample:
                     r = measure(f"{name} refined, {label}, oversample {k}", problem, y, sols,

@@ -23,7 +23,7 @@ import optuna
 import torch
 
 from .checkpoints import load_checkpoint, save_checkpoint
-from .config import Config
+from .config import MIN_WEIGHT, Config
 from .data import Pairs, load_pairs, save_pairs
 from .errors import UserError
 from .files import atomic_write_text
@@ -123,21 +123,23 @@ class Generator:
 
     def sample(
         self, y: Conditions, n: int = 30, *, seed: int = 0, draw: str = "posterior", temperature: float = 1.0,
-        within: str = "mean",
+        within: str = "mean", min_weight: float = MIN_WEIGHT,
         refine: int = 0, refine_method: str = "lm", refine_lr: float = 0.2, oversample: int = 1, batch: int = 8192,
         max_output_bytes: float | None = MAX_OUTPUT_BYTES,
     ) -> Samples:
         """n models per measurement y, as `cvae-opt generate` draws them. Raw (the default): one decoder pass
         each. `draw`: posterior (by the model's weights, for uncertainty) or coverage (every distinct
         hypothesis first: 'show me every model that fits'; component latents); `within`: a drawn hypothesis'
-        mean or (spread) a draw within its learnt spread (hypotheses latent). `refine` > 0: that many
+        mean or (spread) a draw within its learnt spread (hypotheses latent); `min_weight`: the lightest hypothesis
+        coverage and tempered draws may pick (0.01; lower it to start refinement from light hypotheses too).
+        `refine` > 0: that many
         iterations fitting each sample to its y; `oversample` K: draw K times as many and keep the n that
         fit, farthest apart. y: see `conditions`. Samples past `max_output_bytes` (M x n x the model's size
         x 4 bytes, times `oversample`; default 2 GB, None: no limit; `--max-output-gb`) are refused before
         anything is drawn; memory while drawing stays a small multiple of that (`Posterior.sample`)."""
         if n < 1:
             raise UserError(f"n (--samples) must be a positive integer, got {n}")
-        options = SamplingOptions(draw=draw, temperature=temperature, within=within, refine_steps=refine, refine_method=refine_method,
+        options = SamplingOptions(draw=draw, temperature=temperature, within=within, min_weight=min_weight, refine_steps=refine, refine_method=refine_method,
                                   refine_lr=refine_lr, oversample=oversample)
         posterior = Posterior(self.model, self.problem)
         posterior.check(options)

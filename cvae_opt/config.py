@@ -34,6 +34,9 @@ COMPONENT_PRIORS = ("uniform", "learnt")
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "silu", "tanh")
 DRAWS = ("posterior", "coverage")
 WITHINS = ("mean", "spread")  # a drawn hypothesis' mean, or a draw within its learnt spread (`hypotheses`)
+# the lightest hypothesis (its weight for this y) that coverage draws and tempered draws pick by default: below
+# it sit hypotheses the model has all but switched off for that y
+MIN_WEIGHT = 0.01
 REFINE_METHODS = ("lm", "adam")
 LR_SCHEDULES = ("constant", "cosine")
 # the MLP bodies' matrix products while training (`layers.body_precision`); auto: bf16 where the device

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import DRAWS, ModelConfig, TrainConfig
+from .config import DRAWS, MIN_WEIGHT, ModelConfig, TrainConfig
 from .data import repeat_rows
 from .errors import UserError
 
@@ -150,11 +150,13 @@ def misfit(problem: Any, x: torch.Tensor, y: torch.Tensor, y_var: float) -> torc
 @dataclass(frozen=True)
 class DrawSpec:
     """How generation draws, for a family's `draws`: `draw` posterior or coverage, `temperature` of the
-    component weights, `within` mean (a hypothesis' mean) or spread (a draw within its learnt scale)."""
+    component weights, `within` mean (a hypothesis' mean) or spread (a draw within its learnt scale),
+    `min_weight` the lightest hypothesis coverage draws and tempered draws may pick."""
 
     draw: str = "posterior"
     temperature: float = 1.0
     within: str = "mean"
+    min_weight: float = MIN_WEIGHT
 
 
 class LatentFamily:
@@ -225,7 +227,7 @@ class LatentFamily:
         raise NotImplementedError
 
     def choose(self, weights: torch.Tensor, n: int, generator: torch.Generator | None = None,
-               draw: str = "posterior", temperature: float = 1.0, min_weight: float = 0.01) -> torch.Tensor:
+               draw: str = "posterior", temperature: float = 1.0, min_weight: float = MIN_WEIGHT) -> torch.Tensor:
         raise ValueError(f"a {self.name} latent has no components to choose")
 
 
@@ -353,7 +355,7 @@ class CategoricalLatent(LatentFamily):
         zero = out["logits_p"].new_zeros(())
         return zero, zero, {}
 
-    def choose(self, weights, n, generator=None, draw="posterior", temperature=1.0, min_weight=0.01):
+    def choose(self, weights, n, generator=None, draw="posterior", temperature=1.0, min_weight=MIN_WEIGHT):
         """Components (M, n) for n samples per y from weights (M, K), on the CPU.
 
         posterior: independent draws from the weights (tempered: w^T renormalised over the components of
@@ -383,7 +385,7 @@ class CategoricalLatent(LatentFamily):
         return torch.where(j < count, distinct, picks)
 
     def draws(self, y, n, generator, weights, spec):
-        return {"c": self.choose(weights, n, generator, spec.draw, spec.temperature)}
+        return {"c": self.choose(weights, n, generator, spec.draw, spec.temperature, spec.min_weight)}
 
     def decode(self, model, y, p, draws):
         c = draws["c"]
@@ -419,7 +421,7 @@ class MixedLatent(CategoricalLatent):
 
     def draws(self, y, n, generator, weights, spec):
         eps = torch.randn(y.shape[0], n, self.gaussian_dims, generator=generator)  # first, as ever: same streams
-        return {"eps": eps, "c": self.choose(weights, n, generator, spec.draw, spec.temperature)}
+        return {"eps": eps, "c": self.choose(weights, n, generator, spec.draw, spec.temperature, spec.min_weight)}
 
 
 LOGSTD_MIN, LOGSTD_MAX = -9.0, 2.0  # a hypothesis' learnt log standard deviation, in x-scale units

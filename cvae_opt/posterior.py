@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .config import DRAWS, REFINE_METHODS, WITHINS
+from .config import DRAWS, MIN_WEIGHT, REFINE_METHODS, WITHINS
 from .errors import UserError
 from .latents import DrawSpec
 from .models import CVAE
@@ -30,13 +30,15 @@ class SamplingOptions:
     """How samples are drawn. Raw (the default): one decoder pass each. `draw`: posterior (by the model's
     weights) or coverage (every distinct hypothesis first); `temperature`: weights^T renormalised
     (component latents); `within`: a drawn hypothesis' mean, or (spread) a draw within its learnt spread
-    (the hypotheses latent). `refine_steps` > 0: that many iterations fitting each sample to its y
+    (the hypotheses latent); `min_weight`: the lightest hypothesis coverage and tempered draws may pick.
+    `refine_steps` > 0: that many iterations fitting each sample to its y
     (`refine_method` lm or adam, `refine_lr` Adam's step); `oversample` K: K times as many drawn, the n
     that fit, farthest apart, kept."""
 
     draw: str = "posterior"
     temperature: float = 1.0
     within: str = "mean"
+    min_weight: float = MIN_WEIGHT
     refine_steps: int = 0
     refine_method: str = "lm"
     refine_lr: float = 0.2
@@ -61,6 +63,8 @@ class SamplingOptions:
             )
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
             raise UserError(f"temperature must be a finite number >= 0 (--temperature), got {self.temperature}")
+        if not (math.isfinite(self.min_weight) and 0 <= self.min_weight <= 1):
+            raise UserError(f"min weight must be a finite number in [0, 1] (--min-weight), got {self.min_weight}")
         if not (math.isfinite(self.refine_lr) and self.refine_lr > 0):
             raise UserError(f"refine lr must be a finite number > 0 (--refine-lr), got {self.refine_lr}")
         if self.draw not in DRAWS:
@@ -72,10 +76,12 @@ class SamplingOptions:
                             "has no learnt spread to draw within; it needs model.latent_type hypotheses")
         if self.refine_method not in REFINE_METHODS:
             raise UserError(f"refine method {self.refine_method!r}: use one of {', '.join(REFINE_METHODS)}")
-        if not model.latent.has_components and (self.draw != "posterior" or self.temperature != 1.0):
+        if not model.latent.has_components and (self.draw != "posterior" or self.temperature != 1.0
+                                                or self.min_weight != MIN_WEIGHT):
             raise UserError(
-                f"draw {self.draw}, temperature {self.temperature:g}: this model has a {model.latent.title or model.latent.name} latent, "
-                "which has only its posterior; coverage draws and temperatures need model.latent_type categorical or mixed"
+                f"draw {self.draw}, temperature {self.temperature:g}, min weight {self.min_weight:g}: this model has a {model.latent.title or model.latent.name} latent, "
+                "which has only its posterior; coverage draws, temperatures and min weights need model.latent_type categorical, "
+                "mixed or hypotheses"
             )
         if self.refine_steps and self.refine_method == "lm" and not supports_forward_mode(problem):
             raise UserError(
@@ -117,7 +123,7 @@ class Posterior:
             self.check(options)
         if generator is None:
             generator = torch.Generator().manual_seed(0 if seed is None else seed)
-        spec = DrawSpec(options.draw, options.temperature, options.within)
+        spec = DrawSpec(options.draw, options.temperature, options.within, options.min_weight)
         pool = n * options.oversample
         draws = self._draws(y, pool, generator, spec, batch)
         out_device = torch.device("cpu") if to_cpu else self.device

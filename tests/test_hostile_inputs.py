@@ -73,7 +73,8 @@ def test_survey_csv_for_a_line_problem(cwd):
     refused(generate(cwd, conditions="survey.csv"), cwd, "survey.csv", "two_birds", "no station positions")
 
 
-@pytest.mark.parametrize("option,value", [("--temperature", "nan"), ("--temperature", "inf"), ("--refine-lr", "nan")])
+@pytest.mark.parametrize("option,value", [("--temperature", "nan"), ("--temperature", "inf"), ("--refine-lr", "nan"),
+                                          ("--min-weight", "nan"), ("--min-weight", "2")])
 def test_non_finite_sampling_option(cwd, option, value):
     refused(generate(cwd, option, value), cwd, option, "finite")
     assert not (cwd / "out.pt").exists()

@@ -130,6 +130,11 @@ def test_choose_components_posterior_and_coverage():
     flat = model.latent.choose(w, 20000, g, "posterior", temperature=0.0)
     f1 = torch.bincount(flat[1], minlength=6).double() / 20000
     assert torch.allclose(f1, torch.full((6,), 1 / 6, dtype=torch.float64), atol=0.015)
+    # a lower min weight lets the light hypotheses in (`--min-weight 0.001`: refinement starts from them too)
+    light = model.latent.choose(w, 8, g, "coverage", min_weight=0.001)
+    assert light[0, :6].tolist() == [0, 1, 2, 3, 4, 5] or light[0, :6].tolist() == [0, 1, 2, 3, 5, 4]
+    flat = model.latent.choose(w, 20000, g, "posterior", temperature=0.0, min_weight=0.001)
+    assert torch.bincount(flat[0], minlength=6).min() > 2500  # all six alike, the 0.005 ones included
 
 
 @pytest.mark.parametrize("latent_type", ["categorical", "mixed"])

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import optuna
 
-from ..config import DRAWS, REFINE_METHODS, WITHINS
+from ..config import DRAWS, MIN_WEIGHT, REFINE_METHODS, WITHINS
 from ..errors import UserError
 from ..storage import STORAGE_HELP, default_storage, load_existing_study, open_storage
 
@@ -94,6 +94,9 @@ def add_sampling_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--temperature", type=float, default=1.0, metavar="T",
                     help="draw hypotheses by weight^T renormalised: 1 = the posterior, 0 = every hypothesis "
                     "alike (categorical and mixed latents)")
+    ap.add_argument("--min-weight", type=float, default=MIN_WEIGHT, metavar="W",
+                    help=f"the lightest hypothesis coverage draws and temperatures other than 1 may pick (default "
+                    f"{MIN_WEIGHT:g}; e.g. 0.001 with --refine, to start from light hypotheses too)")
 
 
 def sampling_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -102,4 +105,5 @@ def sampling_options(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError(f"--max-output-gb must be > 0, got {args.max_output_gb:g}")
     return {"max_output_bytes": args.max_output_gb * 1e9,
             "refine": args.refine, "refine_method": args.refine_method, "refine_lr": args.refine_lr,
-            "oversample": args.oversample, "draw": args.draw, "temperature": args.temperature, "within": args.within}
+            "oversample": args.oversample, "draw": args.draw, "temperature": args.temperature, "within": args.within,
+            "min_weight": args.min_weight}
