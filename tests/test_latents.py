@@ -146,7 +146,7 @@ def test_generation_is_reproducible_and_batch_independent(latent_type, batch):
     b = Posterior(model, TWO_BIRDS).sample(y[:10], 7, coverage, batch=8192, generator=torch.Generator().manual_seed(4))
     assert a.shape == (10, 7, 50, 2) and torch.allclose(a, b, atol=1e-6)
     gauss = build_model(cfg_for("cvae_re", "gaussian").model, TWO_BIRDS)
-    with pytest.raises(UserError, match="categorical or mixed"):
+    with pytest.raises(UserError, match="categorical, mixed or hypotheses"):
         Posterior(gauss, TWO_BIRDS).sample(y[:2], 3, coverage)
 
 
