@@ -233,10 +233,8 @@ def seconds_per_epoch(cfg: Config, data: tuple[Pairs, Pairs] | None = None, epoc
     runs = [(float(m["epoch_seconds"]), float(m["eval_seconds"]))
             for m in Training(probe, data, val_loss_every_epoch=False).epochs()]
     train_s, eval_s = min(t for t, _ in runs), min(e for _, e in runs)
-    share = cfg.train.eval_overhead
-    if share == 0:
-        return train_s + eval_s
-    every = max(1, math.ceil(eval_s / max(share * train_s, 1e-9)))  # epochs between validations
+    share = cfg.train.eval_overhead  # 0: every epoch validates
+    every = 1 if share == 0 else max(1, math.ceil(eval_s / max(share * train_s, 1e-9)))  # epochs between validations
     return train_s + eval_s / every
 
 
