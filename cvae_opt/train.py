@@ -139,6 +139,7 @@ class Training:
         self.history: list[dict[str, float]] = []
         self.seconds = 0.0
         self._eval_seconds, self._since_eval = 0.0, 0.0  # the last validation's cost, training since it
+        self._last_val: dict[str, float] | None = None  # the latest epoch's metrics that include validation
 
     def _validate_now(self, epoch: int, last: bool) -> bool:
         """Every epoch, or with `eval_overhead` only once the training since the last validation is at least
@@ -150,6 +151,20 @@ class Training:
         """The same draws for every validation loss, apart from the training's: how often a run validates
         changes nothing it trains (a trial, validating only at its end, and its retrain train alike)."""
         return torch.Generator(device=self.device).manual_seed(self.cfg.train.seed + 11)
+
+    def _val_text(self, metrics: dict[str, float]) -> str:
+        """The latest validation figures for a progress line, marked with their epoch when not this one's
+        (with `eval_overhead` most epochs do not validate)."""
+        val = self._last_val
+        if val is None:
+            return "val -"
+        when = "" if val is metrics else f" (epoch {int(val['epoch'])})"
+        text = f"val{when} score {val['score']:.4f}"
+        if "misfit_rmse" in val:
+            text += f"  misfit {val['misfit_rmse']:.4f}"
+        if "mode_precision" in val:
+            text += f"  modes P {val['mode_precision']:.3f} R {val['mode_recall']:.3f}"
+        return text
 
     def result(self) -> TrainResult:
         return TrainResult(self.model, self.problem, list(self.history), self.seconds)
@@ -175,13 +190,12 @@ class Training:
             metrics["eval_seconds"] = time.perf_counter() - t0 - train_seconds
             self.seconds += time.perf_counter() - t0
             self.history.append(metrics)
+            if "score" in metrics:
+                self._last_val = metrics
             if self.log is not None:
                 eta = self.seconds / (epoch + 1) * (tc.epochs - epoch - 1)
-                self.log(
-                    f"epoch {epoch + 1}/{tc.epochs}  loss {metrics['train_loss']:.4f}  "
-                    f"val score {metrics.get('score', float('nan')):.4f}  misfit {metrics.get('misfit_rmse', float('nan')):.4f}  "
-                    f"{train_seconds:.1f}s/epoch  elapsed {self.seconds:.0f}s  ETA {eta:.0f}s"
-                )
+                self.log(f"epoch {epoch + 1}/{tc.epochs}  loss {metrics['train_loss']:.4f}  {self._val_text(metrics)}  "
+                         f"{train_seconds:.1f}s/epoch  elapsed {self.seconds:.0f}s  ETA {eta:.0f}s")
             yield metrics
 
     def _epoch(self, epoch: int) -> dict[str, torch.Tensor]:

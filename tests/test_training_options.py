@@ -293,10 +293,16 @@ def test_eval_overhead_validates_seldom_and_trains_the_same_model(cache):
     training time (the first and last epoch always), and what it trains does not depend on how often it
     validates: the validation loss draws its own noise, not the training's."""
     every = train(config(cache, epochs=6, eval_conditions=20, eval_samples=10))
-    seldom = train(config(cache, epochs=6, eval_conditions=20, eval_samples=10, eval_overhead=0.001))
+    lines: list[str] = []
+    seldom = train(config(cache, epochs=6, eval_conditions=20, eval_samples=10, eval_overhead=0.001),
+                   log=lines.append)
     assert [h["epoch"] for h in every.history if "score" in h] == [1, 2, 3, 4, 5, 6]
     assert [h["epoch"] for h in seldom.history if "score" in h] == [1, 6]
     assert [h["epoch"] for h in seldom.history if "val_loss" in h] == [1, 6]
     for (name, a), b in zip(every.model.state_dict().items(), seldom.model.state_dict().values()):
         assert torch.equal(a, b), name
     assert every.last["score"] == seldom.last["score"]
+    # progress lines between validations show the latest figures with their epoch, never a NaN
+    assert len(lines) == 6 and not any("nan" in line for line in lines)
+    assert "(epoch" not in lines[0] and "(epoch" not in lines[5]
+    assert all(f"val (epoch 1) score {seldom.history[0]['score']:.4f}" in line for line in lines[1:5])
