@@ -227,6 +227,14 @@ def _hit_matrix(samples: np.ndarray, sols: np.ndarray, tol: float) -> np.ndarray
     return d <= tol
 
 
+def solutions_found(samples: torch.Tensor, solutions: list[np.ndarray], tol: float = HIT_TOL) -> list[np.ndarray]:
+    """For each y, which of its enumerated solutions at least one of its samples (M, S, P, 2) hits (every
+    point within `tol`): a bool array per y, what `mode_recall` pools. Lets a caller split recall by
+    condition (e.g. by how many solutions a y has)."""
+    xs = torch.as_tensor(samples).detach().double().cpu().numpy()
+    return [_hit_matrix(xs[g], solutions[g], tol).any(axis=0) for g in range(len(solutions))]
+
+
 def evaluate_samples(
     problem: Problem, samples: torch.Tensor, y: torch.Tensor, solutions: list[np.ndarray] | None = None,
     truth: torch.Tensor | None = None, weights: list[np.ndarray] | None = None,

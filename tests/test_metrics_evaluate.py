@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from cvae_opt.data import Pairs, load_pairs, load_validation, make_pairs, draw_models, save_pairs
-from cvae_opt.metrics import enumerate_solutions, evaluate_samples
+from cvae_opt.metrics import enumerate_solutions, evaluate_samples, solutions_found
 from cvae_opt.problems import TWO_BIRDS, cosine_problem
 
 
@@ -64,6 +64,11 @@ def test_diversity_and_score_reward_spread_over_modes(scoring):
     assert one["mode_precision"] == 1.0 and one["mode_recall"] < 0.1
     assert one["diversity"] == 0.0 and spread["diversity"] > 0.1
     assert spread["score"] > 0.9 and 0.45 < one["score"] < 0.55
+    # which solutions each y's samples found: what mode_recall pools, per condition
+    found = solutions_found(collapsed, sols)
+    assert [int(f.sum()) for f in found] == [1] * 50
+    assert sum(int(f.sum()) for f in found) / sum(len(s) for s in sols) == pytest.approx(one["mode_recall"])
+    assert all(f.all() for f in solutions_found(all_modes, sols))
     # wiggly (not straight) samples are not valid even when they are near a solution
     wiggle = all_modes + 0.03 * torch.sin(torch.linspace(0, 20, 50)).view(1, 1, 50, 1)
     w = evaluate_samples(TWO_BIRDS, wiggle, p.y, sols)
