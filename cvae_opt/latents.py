@@ -142,6 +142,24 @@ def kl_categorical(logits_q: torch.Tensor, logits_p: torch.Tensor) -> torch.Tens
     return (log_q.exp() * (log_q - torch.log_softmax(logits_p, dim=-1))).sum(-1)
 
 
+def condition_weights(logits_p: torch.Tensor, power: float) -> torch.Tensor | None:
+    """Each training pair's weight (B,), mean 1 over the batch: its y's effective number of hypotheses,
+    exp(H(r(c | y))), to `power` (None at 0: every pair alike). A y with many solutions (two birds' crowded
+    conditions have 16 to 29) spreads its pairs over as many hypotheses, so each learns from few of them;
+    weighting by y alone leaves the optimum q(x | y) = p(x | y) where it was and moves training effort
+    toward those y. Not trained through (detached)."""
+    if power == 0:
+        return None
+    log_r = torch.log_softmax(logits_p.detach().float(), dim=-1)
+    w = torch.exp(-power * (log_r.exp() * log_r).sum(-1))
+    return w / w.mean()
+
+
+def weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """The mean of per-pair values (B,), weighted when `weights` (mean 1) is given."""
+    return values.mean() if weights is None else (weights * values).mean()
+
+
 def misfit(problem: Any, x: torch.Tensor, y: torch.Tensor, y_var: float) -> torch.Tensor:
     """Mean squared data misfit of models x (B, S, *x_shape) to y (B, P, k) in noise units: (B, S)."""
     return ((problem(x) - y.unsqueeze(1)) ** 2).mean(dim=(-1, -2)) / y_var
@@ -333,9 +351,11 @@ class CategoricalLatent(LatentFamily):
         if self.cfg.recognition == "exact":  # the optimal q of this bound: the model's posterior over its hypotheses
             out["logits_q"] = torch.log_softmax(out["logits_p"], dim=-1) - tc.w_x * recon_c / max(ctx.beta, 1e-8)
         q = torch.softmax(out["logits_q"], dim=-1)  # (B, K)
-        kl_c = kl_categorical(out["logits_q"], out["logits_p"]).mean()
+        # training pairs weighted by their y's effective number of hypotheses (validation: plain means)
+        cw = condition_weights(out["logits_p"], tc.condition_weight) if torch.is_grad_enabled() else None
+        kl_c = weighted_mean(kl_categorical(out["logits_q"], out["logits_p"]), cw)
         kl, kl_opt, parts = self._gaussian_kl(out, tc)
-        recon = (q * recon_c).sum(1).mean()
+        recon = weighted_mean((q * recon_c).sum(1), cw)
         parts.update(kl=kl + kl_c, kl_components=kl_c, recon=recon)
         physics = None
         if not ctx.physics_off:

@@ -33,8 +33,9 @@ def batch():
     return p.x, p.y
 
 
-def direct_mixture_nll(model, x, y):
-    """-log sum_c r(c|y) N(ends(x); mu_c(y), diag(sigma_c(y))^2), computed here from the networks' outputs."""
+def direct_mixture_nll(model, x, y, per_pair=False):
+    """-log sum_c r(c|y) N(ends(x); mu_c(y), diag(sigma_c(y))^2), computed here from the networks' outputs
+    (its mean over the batch, or each pair's)."""
     ends_x = torch.stack([x[:, 0, 0], x[:, -1, 0], x[:, 0, 1], x[:, -1, 1]], dim=-1)  # (B, 4)
     xa = model.decoder(None, y)  # every hypothesis as lines (B, K, P, 2): the path users draw from
     mu = torch.stack([xa[:, :, 0, 0], xa[:, :, -1, 0], xa[:, :, 0, 1], xa[:, :, -1, 1]], dim=-1)  # (B, K, 4)
@@ -42,7 +43,8 @@ def direct_mixture_nll(model, x, y):
     normal = torch.distributions.Normal(mu, sigma)
     log_n = normal.log_prob(ends_x.unsqueeze(1)).sum(-1)  # (B, K)
     log_r = torch.log_softmax(model.prior_params(y)["logits"], dim=-1)
-    return -torch.logsumexp(log_r + log_n, dim=1).mean()
+    nll = -torch.logsumexp(log_r + log_n, dim=1)
+    return nll if per_pair else nll.mean()
 
 
 @pytest.mark.parametrize("arch", ["cvae_re", "cvae"])
@@ -56,6 +58,39 @@ def test_the_loss_is_the_exact_mixture_likelihood(batch, arch):
     loss, parts = model.loss(x, y, TWO_BIRDS, cfg.train, beta=1.0)
     assert torch.allclose(loss, direct_mixture_nll(model, x, y), rtol=1e-5, atol=1e-5)
     assert {"kl", "recon", "kl_components", "hypothesis_sigma", "loss"} <= set(parts)
+
+
+def test_condition_weights_weight_each_pair_by_its_y_effective_number_of_hypotheses(batch):
+    """train.condition_weight: each pair's mixture likelihood weighted by exp(H(r(c|y)))^power (mean 1 over
+    the batch) while training; validation (no gradient) keeps the plain mean."""
+    x, y = batch
+    cfg = cfg_for(condition_weight=1.0)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, TWO_BIRDS)
+    with torch.no_grad():  # prior weights far from uniform and different per y, so the weights differ
+        model.prior.head.logits.weight.mul_(40.0)
+    log_r = torch.log_softmax(model.prior_params(y)["logits"].detach(), dim=-1)
+    n_eff = torch.exp(-(log_r.exp() * log_r).sum(-1))
+    assert n_eff.max() / n_eff.min() > 1.5
+    nll = direct_mixture_nll(model, x, y, per_pair=True).detach()
+    loss, _ = model.loss(x, y, TWO_BIRDS, cfg.train, beta=1.0)
+    assert torch.allclose(loss, (n_eff / n_eff.mean() * nll).mean(), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(loss, nll.mean(), rtol=1e-4, atol=1e-4)
+    half = cfg_for(condition_weight=0.5)
+    loss_half, _ = model.loss(x, y, TWO_BIRDS, half.train, beta=1.0)
+    w = n_eff.sqrt()
+    assert torch.allclose(loss_half, (w / w.mean() * nll).mean(), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        val, _ = model.loss(x, y, TWO_BIRDS, cfg.train, beta=1.0)
+    assert torch.allclose(val, nll.mean(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("model", [{"arch": "cvae"}, {"latent_type": "gaussian"}])
+def test_condition_weights_need_y_dependent_hypothesis_weights(model):
+    d = cfg_for(condition_weight=1.0).to_dict()
+    d["model"].update(model)
+    with pytest.raises(UserError, match=r"train.condition_weight 1.0 needs hypothesis weights that depend on y.*set it to 0"):
+        Config.from_dict(d)
 
 
 def test_encoder_recognition_trains_the_same_likelihood_bound(batch):
