@@ -6,6 +6,7 @@ Retrains each config with several seeds (the same `train` a trial and `retrain` 
 
 - raw posterior draws (one decoder pass per sample; `generate` by default);
 - raw coverage draws (`generate --draw coverage`: every distinct hypothesis first; component latents);
+- with `--max-spread S ...`, both of those from only the hypotheses at most S broad (`generate --max-spread`);
 - the refined pipeline at each `--oversample` K (`generate --refine STEPS --oversample K`), from model
   draws (coverage draws for component latents, posterior for Gaussian ones; for hypotheses latents also
   `--draw coverage --within spread --temperature 0 [--min-weight 0.001]`: K distinct starts per hypothesis,
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -65,24 +67,23 @@ def random_lines_refined(problem: Problem, y: torch.Tensor, n: int, oversample: 
     return select_diverse(problem, x, y, n) if oversample > 1 else x
 
 
-CROWDING = [(1, 8), (9, 15), (16, 10_000)]  # solutions per y: the buckets recall is split by
+CROWDING = [(1, 8), (9, 15), (16, math.inf)]  # solutions per y: the buckets recall is split by
 
 
-def crowding_rows(name: str, x: torch.Tensor, sols: list, w: list, samples: int) -> list[str]:
+def crowding_rows(name: str, x: torch.Tensor, sols: list[np.ndarray], w: list[np.ndarray], samples: int) -> list[dict]:
     """Recall split by how many exact solutions a y has, beside the exact posterior's expected recall
     there: pooled recall counts every solution once, so the crowded conditions (16 to 29 solutions on
-    the scoring set) weigh most, and that is where the misses were (findings P)."""
+    the scoring set) weigh most, and that is where the misses were (docs/findings.md section W)."""
     found = solutions_found(x, sols)
     out = []
     for lo, hi in CROWDING:
         idx = [g for g, s in enumerate(sols) if lo <= len(s) <= hi]
         n_sol = sum(len(sols[g]) for g in idx)
-        if not n_sol:
-            continue
-        hit = sum(int(found[g].sum()) for g in idx)
-        limit = expected_recall([w[g] for g in idx], samples)
-        span = f"{lo}-{hi}" if hi < 10_000 else f">= {lo}"
-        out.append(f"| {name} | {span} | {len(idx)} | {n_sol} | {hit / n_sol:.3f} | {limit:.3f} |")
+        if n_sol:
+            out.append({"row": name, "solutions_per_y": f"{lo}-{hi}" if hi < math.inf else f">= {lo}",
+                        "conditions": len(idx), "solutions": n_sol,
+                        "recall": sum(int(found[g].sum()) for g in idx) / n_sol,
+                        "exact_posterior": expected_recall([w[g] for g in idx], samples)})
     return out
 
 
@@ -99,6 +100,9 @@ def main() -> int:
     ap.add_argument("--out", default="reports/quality.json")
     ap.add_argument("--checkpoints", help="folder to save each trained model in (NAME-seedS.pt), for plots")
     ap.add_argument("--trained", nargs="+", help="score these checkpoints instead of training --configs")
+    ap.add_argument("--max-spread", nargs="*", type=float, default=[],
+                    help="also raw posterior and coverage draws of only the hypotheses at most this broad "
+                         "(`generate --max-spread`; hypotheses latents), one pair of rows per value")
     args = ap.parse_args()
     rows: dict[str, list[dict]] = {}
     drawn: dict[str, torch.Tensor] = {}  # each row's latest samples
@@ -116,7 +120,7 @@ def main() -> int:
         return m
 
     limits: dict[str, float] = {}
-    crowding: list[str] = []
+    crowding: list[dict] = []
     sources = args.trained or args.configs
     for path in sources:
         if not Path(path).is_file():
@@ -165,6 +169,13 @@ def main() -> int:
                               lambda: Posterior(model, problem).sample(y, args.samples, SamplingOptions(draw="coverage"), seed=seed))
                 line += f"; coverage precision {cov['mode_precision']:.3f} recall {cov['mode_recall']:.3f}"
                 crowding += crowding_rows(f"{name} seed {seed}, coverage", drawn[f"{name} raw, coverage"], sols, w, args.samples)
+            for s_max in args.max_spread if model.latent.has_spread else []:
+                for how in ("posterior", "coverage"):
+                    row = f"{name} raw, {how}, max spread {s_max:g}"
+                    r = measure(row, problem, y, sols, lambda: Posterior(model, problem).sample(
+                        y, args.samples, SamplingOptions(draw=how, max_spread=s_max), seed=seed))
+                    line += f"; {how} max spread {s_max:g} precision {r['mode_precision']:.3f} recall {r['mode_recall']:.3f}"
+                    crowding += crowding_rows(f"{name} seed {seed}, {how}, max spread {s_max:g}", drawn[row], sols, w, args.samples)
             starts = [(f"{draw} draws", "", {"draw": draw})]
             if model.latent.has_spread:  # distinct starts from one hypothesis: draws within its learnt spread,
                 # every hypothesis of weight >= 0.01 alike (temperature 0), chosen on validation (findings P)
@@ -203,12 +214,14 @@ def main() -> int:
               "independent draws):")
         print("| model and draw | solutions per y | conditions | solutions | recall | exact posterior |")
         print("| --- | --- | --- | --- | --- | --- |")
-        print("\n".join(crowding))
+        for c in crowding:
+            print(f"| {c['row']} | {c['solutions_per_y']} | {c['conditions']} | {c['solutions']} | {c['recall']:.3f} | "
+                  f"{c['exact_posterior']:.3f} |")
     train_s = {n: [m["train_seconds"] for m in ms] for n, ms in rows.items() if "train_seconds" in ms[0]}
     for n, v in train_s.items():
         print(f"training seconds, {n.removesuffix(' raw, posterior')}: {np.mean(v):.0f} ± {np.std(v):.0f}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"rows": rows, "limits": limits}, indent=2))
+    Path(args.out).write_text(json.dumps({"rows": rows, "limits": limits, "crowding": crowding}, indent=2))
     print(f"\nper-seed figures: {args.out}")
     return 0
 

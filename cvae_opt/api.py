@@ -123,7 +123,7 @@ class Generator:
 
     def sample(
         self, y: Conditions, n: int = 30, *, seed: int = 0, draw: str = "posterior", temperature: float = 1.0,
-        within: str = "mean", min_weight: float = MIN_WEIGHT,
+        within: str = "mean", min_weight: float = MIN_WEIGHT, max_spread: float | None = None,
         refine: int = 0, refine_method: str = "lm", refine_lr: float = 0.2, oversample: int = 1, batch: int = 8192,
         max_output_bytes: float | None = MAX_OUTPUT_BYTES,
     ) -> Samples:
@@ -131,7 +131,9 @@ class Generator:
         each. `draw`: posterior (by the model's weights, for uncertainty) or coverage (every distinct
         hypothesis first: 'show me every model that fits'; component latents); `within`: a drawn hypothesis'
         mean or (spread) a draw within its learnt spread (hypotheses latent); `min_weight`: the lightest hypothesis
-        coverage and tempered draws may pick (0.01; lower it to start refinement from light hypotheses too).
+        coverage and tempered draws may pick (0.01; lower it to start refinement from light hypotheses too);
+        `max_spread` (hypotheses latent, x units): hypotheses whose learnt spread is broader are not drawn, the
+        hedges of a model that has not placed them on a solution (None: every hypothesis).
         `refine` > 0: that many
         iterations fitting each sample to its y; `oversample` K: draw K times as many and keep the n that
         fit, farthest apart. y: see `conditions`. Samples past `max_output_bytes` (M x n x the model's size
@@ -139,7 +141,8 @@ class Generator:
         anything is drawn; memory while drawing stays a small multiple of that (`Posterior.sample`)."""
         if n < 1:
             raise UserError(f"n (--samples) must be a positive integer, got {n}")
-        options = SamplingOptions(draw=draw, temperature=temperature, within=within, min_weight=min_weight, refine_steps=refine, refine_method=refine_method,
+        options = SamplingOptions(draw=draw, temperature=temperature, within=within, min_weight=min_weight,
+                                  max_spread=max_spread, refine_steps=refine, refine_method=refine_method,
                                   refine_lr=refine_lr, oversample=oversample)
         posterior = Posterior(self.model, self.problem)
         posterior.check(options)

@@ -28,6 +28,9 @@ HEADS = ("signal", "line")
 BODIES = ("conv", "mlp")
 LATENT_TYPES = ("gaussian", "categorical", "mixed", "hypotheses")  # latents.py builds them; a user's family is 'module:Class'
 COMPONENT_LATENTS = ("categorical", "mixed", "hypotheses")  # those whose `components` is their K
+# those whose whole loss `train.condition_weight_power` weights per pair (mixed: its Gaussian KL is a batch term)
+WEIGHTED_LATENTS = ("categorical", "hypotheses")
+CONDITION_WEIGHT_POWER_MAX = 4.0  # at power p a pair can weigh K^p times another: beyond 4 one y drowns the batch
 RECOGNITIONS = ("encoder", "exact")
 DECODER_SCALES = ("fixed", "learnt", "structured")
 COMPONENT_PRIORS = ("uniform", "learnt")
@@ -169,10 +172,11 @@ class TrainConfig:
     # posterior weight, 0: every hypothesis alike, so light ones are pulled onto solutions too)
     physics_temperature: float = 1.0
     grad_clip: float = 0.0  # max gradient norm; 0 = off
-    # component latents of cvae_re: each training pair weighted by its y's effective number of hypotheses,
-    # exp(H(r(c|y))), to this power (0 = off): y with many solutions get the training effort their many
-    # hypotheses need; the optimum q(x|y) = p(x|y) does not move (`latents.condition_weights`)
-    condition_weight: float = 0.0
+    # categorical and hypotheses latents of cvae_re: each training pair's loss (and so the train_* figures)
+    # weighted by its y's effective number of hypotheses, exp(H(r(c|y))), to this power (0 = off, at most 4):
+    # y with many solutions get the training effort their many hypotheses need; the optimum q(x|y) = p(x|y)
+    # does not move (`latents.condition_weights`); validation figures stay plain means
+    condition_weight_power: float = 0.0
     # the MLP bodies' matrix products while training: fp32, bf16 (more steps per second on CPUs with AMX /
     # AVX512-BF16 and on recent GPUs; output layers, loss, optimiser and sampling stay float32), or auto (bf16
     # where the device has it in hardware, else fp32)
@@ -202,10 +206,13 @@ class TrainConfig:
                 eval_within=WITHINS, precision=PRECISIONS)
         _at_least(self, where, epochs=1, batch_size=1, eval_samples=1, eval_oversample=1, eval_conditions=0,
                   kl_warmup=0, physics_samples=0, eval_refine=0, eval_refine_estimate=0, weight_decay=0.0,
-                  beta=0.0, free_bits=0.0, w_x=0.0, w_y=0.0, physics_temperature=0.0, grad_clip=0.0, condition_weight=0.0,
+                  beta=0.0, free_bits=0.0, w_x=0.0, w_y=0.0, physics_temperature=0.0, grad_clip=0.0,
                   eval_temperature=0.0)
         if not self.lr > 0:
             raise UserError(f"{where}.lr: {shown(self.lr)}; the learning rate must be > 0")
+        if not 0 <= self.condition_weight_power <= CONDITION_WEIGHT_POWER_MAX:
+            raise UserError(f"{where}.condition_weight_power: {shown(self.condition_weight_power)}; use a power in "
+                            f"[0, {CONDITION_WEIGHT_POWER_MAX:g}] (0 = every pair alike, 1 = by the effective number of hypotheses)")
         if not 0 <= self.eval_overhead < 1:
             raise UserError(f"{where}.eval_overhead: {shown(self.eval_overhead)}; use a share of the training time in "
                             f"[0, 1), e.g. 0.05 (0 = validate every epoch)")
@@ -234,10 +241,10 @@ class Config:
         self.model.validate(f"{where}.model")
         self.train.validate(f"{where}.train")
         m = self.model
-        if self.train.condition_weight > 0 and (m.arch != "cvae_re" or m.latent_type not in COMPONENT_LATENTS):
-            raise UserError(f"{where}.train.condition_weight {shown(self.train.condition_weight)} needs hypothesis "
+        if self.train.condition_weight_power > 0 and (m.arch != "cvae_re" or m.latent_type not in WEIGHTED_LATENTS):
+            raise UserError(f"{where}.train.condition_weight_power {shown(self.train.condition_weight_power)} needs hypothesis "
                             f"weights that depend on y: model.arch cvae_re with latent_type "
-                            f"{', '.join(COMPONENT_LATENTS)} (got {shown(m.arch)}, {shown(m.latent_type)}); set it to 0")
+                            f"{' or '.join(WEIGHTED_LATENTS)} (got {shown(m.arch)}, {shown(m.latent_type)}); set it to 0")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

@@ -147,10 +147,11 @@ def condition_weights(logits_p: torch.Tensor, power: float) -> torch.Tensor | No
     exp(H(r(c | y))), to `power` (None at 0: every pair alike). A y with many solutions (two birds' crowded
     conditions have 16 to 29) spreads its pairs over as many hypotheses, so each learns from few of them;
     weighting by y alone leaves the optimum q(x | y) = p(x | y) where it was and moves training effort
-    toward those y. Not trained through (detached)."""
+    toward those y. Not trained through (detached). Normalised per batch: a batch of crowded y alone is
+    weighted as a batch of any other y."""
     if power == 0:
         return None
-    log_r = torch.log_softmax(logits_p.detach().float(), dim=-1)
+    log_r = torch.log_softmax(logits_p.detach().to(torch.promote_types(logits_p.dtype, torch.float32)), dim=-1)
     w = torch.exp(-power * (log_r.exp() * log_r).sum(-1))
     return w / w.mean()
 
@@ -169,12 +170,25 @@ def misfit(problem: Any, x: torch.Tensor, y: torch.Tensor, y_var: float) -> torc
 class DrawSpec:
     """How generation draws, for a family's `draws`: `draw` posterior or coverage, `temperature` of the
     component weights, `within` mean (a hypothesis' mean) or spread (a draw within its learnt scale),
-    `min_weight` the lightest hypothesis coverage draws and tempered draws may pick."""
+    `min_weight` the lightest hypothesis coverage draws and tempered draws may pick, `max_spread` (hypotheses
+    latent; None: no limit) the broadest learnt spread a drawn hypothesis may have (`sharp_weights`)."""
 
     draw: str = "posterior"
     temperature: float = 1.0
     within: str = "mean"
     min_weight: float = MIN_WEIGHT
+    max_spread: float | None = None
+
+
+def sharp_weights(weights: torch.Tensor, spread: torch.Tensor, max_spread: float) -> torch.Tensor:
+    """The weights (M, K) with every hypothesis whose learnt spread (M, K; x units) exceeds `max_spread` set to
+    0, renormalised: a hypothesis the model keeps broad is one it has not placed on a solution (on two birds'
+    crowded conditions, a hedge between neighbouring ones: docs/findings.md section W). A y with no hypothesis
+    that sharp keeps its weights as they are."""
+    keep = spread <= max_spread
+    masked = torch.where(keep, weights, torch.zeros_like(weights))
+    total = masked.sum(dim=1, keepdim=True)
+    return torch.where(total > 0, masked / total.clamp_min(1e-300), weights)
 
 
 class LatentFamily:
@@ -352,7 +366,7 @@ class CategoricalLatent(LatentFamily):
             out["logits_q"] = torch.log_softmax(out["logits_p"], dim=-1) - tc.w_x * recon_c / max(ctx.beta, 1e-8)
         q = torch.softmax(out["logits_q"], dim=-1)  # (B, K)
         # training pairs weighted by their y's effective number of hypotheses (validation: plain means)
-        cw = condition_weights(out["logits_p"], tc.condition_weight) if torch.is_grad_enabled() else None
+        cw = condition_weights(out["logits_p"], tc.condition_weight_power) if torch.is_grad_enabled() else None
         kl_c = weighted_mean(kl_categorical(out["logits_q"], out["logits_p"]), cw)
         kl, kl_opt, parts = self._gaussian_kl(out, tc)
         recon = weighted_mean((q * recon_c).sum(1), cw)
@@ -363,7 +377,7 @@ class CategoricalLatent(LatentFamily):
             # weights are not trained by it), so each hypothesis is pulled onto the solution nearest to it
             x_gen, log_w = self._generated(model, out, y, ctx)
             w = torch.softmax(log_w.detach() * tc.physics_temperature, dim=-1)
-            physics = (w * misfit(ctx.problem, x_gen, y, ctx.y_var)).sum(1).mean()
+            physics = weighted_mean((w * misfit(ctx.problem, x_gen, y, ctx.y_var)).sum(1), cw)
             parts["physics_gen"] = physics
         return kl_opt + kl_c, recon, physics, parts
 
@@ -506,6 +520,11 @@ class HypothesesLatent(CategoricalLatent):
         kl_opt, recon, physics, parts = super().terms(model, out, x, y, ctx)
         parts["hypothesis_sigma"] = torch.exp(out["logstd_all"].detach()).mean() * self.x_scale
         return kl_opt, recon, physics, parts
+
+    def spread(self, model, y: torch.Tensor) -> torch.Tensor:
+        """Each hypothesis' learnt spread for each y, (M, K) in x units: its largest standard deviation over
+        the hypothesis space (for the line head, over the four end points)."""
+        return torch.exp(model.latent_net(y)).amax(dim=-1) * self.x_scale
 
     def draws(self, y, n, generator, weights, spec):
         out = super().draws(y, n, generator, weights, spec)

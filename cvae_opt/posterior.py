@@ -19,7 +19,7 @@ import torch
 
 from .config import DRAWS, MIN_WEIGHT, REFINE_METHODS, WITHINS
 from .errors import UserError
-from .latents import DrawSpec
+from .latents import DrawSpec, sharp_weights
 from .models import CVAE
 from .families import family_of
 from .problems import Problem, supports_forward_mode
@@ -30,7 +30,9 @@ class SamplingOptions:
     """How samples are drawn. Raw (the default): one decoder pass each. `draw`: posterior (by the model's
     weights) or coverage (every distinct hypothesis first); `temperature`: weights^T renormalised
     (component latents); `within`: a drawn hypothesis' mean, or (spread) a draw within its learnt spread
-    (the hypotheses latent); `min_weight`: the lightest hypothesis coverage and tempered draws may pick.
+    (the hypotheses latent); `min_weight`: the lightest hypothesis coverage and tempered draws may pick;
+    `max_spread` (hypotheses latent, x units; None: no limit): hypotheses whose learnt spread is broader are
+    not drawn (`latents.sharp_weights`).
     `refine_steps` > 0: that many iterations fitting each sample to its y
     (`refine_method` lm or adam, `refine_lr` Adam's step); `oversample` K: K times as many drawn, the n
     that fit, farthest apart, kept."""
@@ -39,6 +41,7 @@ class SamplingOptions:
     temperature: float = 1.0
     within: str = "mean"
     min_weight: float = MIN_WEIGHT
+    max_spread: float | None = None
     refine_steps: int = 0
     refine_method: str = "lm"
     refine_lr: float = 0.2
@@ -65,6 +68,14 @@ class SamplingOptions:
             raise UserError(f"temperature must be a finite number >= 0 (--temperature), got {self.temperature}")
         if not (math.isfinite(self.min_weight) and 0 <= self.min_weight <= 1):
             raise UserError(f"min weight must be a finite number in [0, 1] (--min-weight), got {self.min_weight}")
+        if self.max_spread is not None:
+            if isinstance(self.max_spread, bool) or not isinstance(self.max_spread, (int, float)) or not (
+                    math.isfinite(self.max_spread) and self.max_spread > 0):
+                raise UserError(f"max spread must be a finite number > 0 in x units (--max-spread), got {self.max_spread}")
+            if not model.latent.has_spread:
+                raise UserError(f"max spread {self.max_spread:g} (--max-spread): this model's "
+                                f"{model.latent.title or model.latent.name} latent has no learnt spread; it needs "
+                                "model.latent_type hypotheses (drop --max-spread)")
         if not (math.isfinite(self.refine_lr) and self.refine_lr > 0):
             raise UserError(f"refine lr must be a finite number > 0 (--refine-lr), got {self.refine_lr}")
         if self.draw not in DRAWS:
@@ -123,7 +134,7 @@ class Posterior:
             self.check(options)
         if generator is None:
             generator = torch.Generator().manual_seed(0 if seed is None else seed)
-        spec = DrawSpec(options.draw, options.temperature, options.within, options.min_weight)
+        spec = DrawSpec(options.draw, options.temperature, options.within, options.min_weight, options.max_spread)
         pool = n * options.oversample
         draws = self._draws(y, pool, generator, spec, batch)
         out_device = torch.device("cpu") if to_cpu else self.device
@@ -172,6 +183,13 @@ class Posterior:
                 inside[i, slots[: len(good)]] = True
         return x
 
+    def _weights(self, y: torch.Tensor, spec: DrawSpec) -> torch.Tensor:
+        """r(c | y) for a batch of y, without the hypotheses broader than `spec.max_spread` when it is set."""
+        w = self.model.component_weights(y)
+        if spec.max_spread is None:
+            return w
+        return sharp_weights(w, self.model.latent.spread(self.model, y), spec.max_spread)
+
     @torch.no_grad()
     def _draws(self, y: torch.Tensor, n: int, generator: torch.Generator, spec: DrawSpec, batch: int
                ) -> dict[str, torch.Tensor]:
@@ -185,7 +203,7 @@ class Posterior:
             per = max(1, batch // max(n, 1))
             weights = None
             if model.latent.has_components:  # all components chosen at once: independent of the batching
-                weights = torch.cat([model.component_weights(y[i : i + per]).cpu() for i in range(0, y.shape[0], per)])
+                weights = torch.cat([self._weights(y[i : i + per], spec).cpu() for i in range(0, y.shape[0], per)])
             draws = model.latent.draws(y, n, generator, weights, spec)
             if model.output_noise is not None:  # p(x|z,y)'s own noise, drawn after the latent's (same streams)
                 draws["noise"] = model.output_noise.draws(y.shape[0], n, generator)

@@ -74,7 +74,8 @@ def test_survey_csv_for_a_line_problem(cwd):
 
 
 @pytest.mark.parametrize("option,value", [("--temperature", "nan"), ("--temperature", "inf"), ("--refine-lr", "nan"),
-                                          ("--min-weight", "nan"), ("--min-weight", "2")])
+                                          ("--min-weight", "nan"), ("--min-weight", "2"), ("--max-spread", "nan"),
+                                          ("--max-spread", "0")])
 def test_non_finite_sampling_option(cwd, option, value):
     refused(generate(cwd, option, value), cwd, option, "finite")
     assert not (cwd / "out.pt").exists()

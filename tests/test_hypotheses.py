@@ -61,10 +61,10 @@ def test_the_loss_is_the_exact_mixture_likelihood(batch, arch):
 
 
 def test_condition_weights_weight_each_pair_by_its_y_effective_number_of_hypotheses(batch):
-    """train.condition_weight: each pair's mixture likelihood weighted by exp(H(r(c|y)))^power (mean 1 over
+    """train.condition_weight_power: each pair's mixture likelihood weighted by exp(H(r(c|y)))^power (mean 1 over
     the batch) while training; validation (no gradient) keeps the plain mean."""
     x, y = batch
-    cfg = cfg_for(condition_weight=1.0)
+    cfg = cfg_for(condition_weight_power=1.0)
     torch.manual_seed(0)
     model = build_model(cfg.model, TWO_BIRDS)
     with torch.no_grad():  # prior weights far from uniform and different per y, so the weights differ
@@ -76,7 +76,7 @@ def test_condition_weights_weight_each_pair_by_its_y_effective_number_of_hypothe
     loss, _ = model.loss(x, y, TWO_BIRDS, cfg.train, beta=1.0)
     assert torch.allclose(loss, (n_eff / n_eff.mean() * nll).mean(), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(loss, nll.mean(), rtol=1e-4, atol=1e-4)
-    half = cfg_for(condition_weight=0.5)
+    half = cfg_for(condition_weight_power=0.5)
     loss_half, _ = model.loss(x, y, TWO_BIRDS, half.train, beta=1.0)
     w = n_eff.sqrt()
     assert torch.allclose(loss_half, (w / w.mean() * nll).mean(), rtol=1e-5, atol=1e-5)
@@ -85,11 +85,33 @@ def test_condition_weights_weight_each_pair_by_its_y_effective_number_of_hypothe
     assert torch.allclose(val, nll.mean(), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("model", [{"arch": "cvae"}, {"latent_type": "gaussian"}])
+def test_condition_weights_weight_the_physics_term_and_change_what_training_learns(batch):
+    x, y = batch
+    torch.manual_seed(0)
+    cfg = cfg_for(condition_weight_power=1.0, w_y=0.1)
+    model = build_model(cfg.model, TWO_BIRDS)
+    with torch.no_grad():
+        model.prior.head.logits.weight.mul_(40.0)
+    _, trained = model.loss(x, y, TWO_BIRDS, cfg.train, beta=1.0)
+    with torch.no_grad():
+        _, plain = model.loss(x, y, TWO_BIRDS, cfg.train, beta=1.0)
+    assert not torch.allclose(trained["physics"], plain["physics"], rtol=1e-4, atol=1e-6)  # weighted while training
+    runs = [train(cfg_for(condition_weight_power=p, seed=0)) for p in (0.0, 1.0)]
+    assert all(math.isfinite(r.last["train_loss"]) and math.isfinite(r.last["val_loss"]) for r in runs)
+    a, b = (r.model.state_dict() for r in runs)
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_condition_weight_power_is_bounded():
+    with pytest.raises(UserError, match=r"train.condition_weight_power: 5.0; use a power in \[0, 4\]"):
+        cfg_for(condition_weight_power=5.0)
+
+
+@pytest.mark.parametrize("model", [{"arch": "cvae"}, {"latent_type": "gaussian"}, {"latent_type": "mixed"}])
 def test_condition_weights_need_y_dependent_hypothesis_weights(model):
-    d = cfg_for(condition_weight=1.0).to_dict()
+    d = cfg_for(condition_weight_power=1.0).to_dict()
     d["model"].update(model)
-    with pytest.raises(UserError, match=r"train.condition_weight 1.0 needs hypothesis weights that depend on y.*set it to 0"):
+    with pytest.raises(UserError, match=r"train.condition_weight_power 1.0 needs hypothesis weights that depend on y.*set it to 0"):
         Config.from_dict(d)
 
 
@@ -147,11 +169,51 @@ def test_draws_within_a_hypothesis_follow_its_scale():
     assert torch.allclose(x[..., 0], e[..., :1] + (e[..., 1:2] - e[..., :1]) * t, atol=1e-5)
 
 
+def test_max_spread_draws_only_the_hypotheses_at_most_that_broad():
+    """--max-spread S: hypotheses whose learnt spread (largest std over the end points, x units) exceeds S
+    get no draws, the others keep their weights' proportions; a y with none that sharp keeps all."""
+    cfg = cfg_for()
+    model = build_model(cfg.model, TWO_BIRDS)
+    with torch.no_grad():  # hypotheses 0-4 with spreads e^-5, e^-2, e^-6, e^-1, e^-4 (one end point each)
+        bias = torch.full((5, 4), -7.0)
+        bias[:, 1] = torch.tensor([-5.0, -2.0, -6.0, -1.0, -4.0])
+        model.latent_net.out.bias.copy_(bias.flatten())
+        model.prior.head.logits.weight.zero_()  # weights 0.1, 0.4, 0.1, 0.3, 0.1
+        model.prior.head.logits.bias.copy_(torch.tensor([0.1, 0.4, 0.1, 0.3, 0.1]).log())
+    y = make_pairs(TWO_BIRDS, 2, seed=5, cache_dir=None).y
+    spread = model.latent.spread(model, y)
+    assert torch.allclose(spread, torch.tensor([-5.0, -2.0, -6.0, -1.0, -4.0]).exp().expand(2, 5) * model.x_scale)
+    post = Posterior(model, TWO_BIRDS)
+    means = model.decoder(None, y).detach()  # (2, 5, 50, 2)
+
+    def which(x):  # the hypothesis each sample is the mean of
+        return (x.unsqueeze(2) - means.unsqueeze(1)).abs().amax(dim=(-1, -2)).argmin(-1)
+
+    limit = float(torch.exp(torch.tensor(-3.0)) * model.x_scale)  # hypotheses 0, 2 and 4 are sharper
+    c = which(post.sample(y, 6000, SamplingOptions(max_spread=limit), seed=0))
+    counts = torch.stack([(c == k).float().mean() for k in range(5)])
+    assert counts[1] == 0 and counts[3] == 0
+    assert torch.allclose(counts[[0, 2, 4]], torch.full((3,), 1 / 3), atol=0.02)  # 0.1 : 0.1 : 0.1 renormalised
+    cov = which(post.sample(y, 5, SamplingOptions(draw="coverage", max_spread=limit), seed=0))
+    assert set(cov[0, :3].tolist()) == {0, 2, 4} and not {1, 3} & set(cov.flatten().tolist())
+    none = which(post.sample(y, 6000, SamplingOptions(max_spread=1e-6), seed=0))  # none that sharp: all, as r(c|y)
+    assert abs(float((none == 1).float().mean()) - 0.4) < 0.03
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0, float("nan"), float("inf")])
+def test_max_spread_must_be_a_positive_number(value):
+    model = build_model(cfg_for().model, TWO_BIRDS)
+    with pytest.raises(UserError, match=r"max spread must be a finite number > 0 in x units \(--max-spread\)"):
+        Posterior(model, TWO_BIRDS).sample(torch.zeros(1, 50, 2), 2, SamplingOptions(max_spread=value))
+
+
 def test_spread_draws_need_a_family_with_a_spread():
     gauss = build_model(Config.from_dict({"model": {"latent_type": "gaussian", "channels": [4], "kernels": [5],
                                                     "hidden": 16}}).model, TWO_BIRDS)
     with pytest.raises(UserError, match="has no learnt spread to draw within"):
         Posterior(gauss, TWO_BIRDS).sample(torch.zeros(1, 50, 2), 2, SamplingOptions(within="spread"))
+    with pytest.raises(UserError, match="has no learnt spread; it needs model.latent_type hypotheses"):
+        Posterior(gauss, TWO_BIRDS).sample(torch.zeros(1, 50, 2), 2, SamplingOptions(max_spread=0.05))
 
 
 @pytest.mark.parametrize("head", ["line", "signal"])
@@ -175,7 +237,7 @@ def test_a_field_problem_takes_the_hypotheses_latent_per_cell():
     assert x.shape == (2, 4, 16, 32) and torch.isfinite(x).all()
 
 
-def test_a_checkpoint_reloads_and_generate_records_the_within_option(tmp_path):
+def test_a_checkpoint_reloads_and_generate_records_the_within_and_max_spread_options(tmp_path):
     import json
     import subprocess
     import sys
@@ -191,8 +253,9 @@ def test_a_checkpoint_reloads_and_generate_records_the_within_option(tmp_path):
     assert torch.equal(Posterior(loaded, TWO_BIRDS).sample(y, 4, spread, seed=0),
                        Posterior(res.model, TWO_BIRDS).sample(y, 4, spread, seed=0))
     r = subprocess.run([sys.executable, "-m", "cvae_opt.generate", "--checkpoint", str(f), "--conditions",
-                        "two_birds:scoring", "--samples", "3", "--within", "spread", "--out", str(tmp_path / "s.pt")],
+                        "two_birds:scoring", "--samples", "3", "--within", "spread", "--max-spread", "0.5",
+                        "--out", str(tmp_path / "s.pt")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     meta = json.loads((tmp_path / "s.pt.json").read_text())
-    assert meta["within"] == "spread" and meta["latent_type"] == "hypotheses"
+    assert meta["within"] == "spread" and meta["max_spread"] == 0.5 and meta["latent_type"] == "hypotheses"

@@ -97,6 +97,9 @@ def add_sampling_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--min-weight", type=float, default=MIN_WEIGHT, metavar="W",
                     help=f"the lightest hypothesis coverage draws and temperatures other than 1 may pick (default "
                     f"{MIN_WEIGHT:g}; e.g. 0.001 with --refine, to start from light hypotheses too)")
+    ap.add_argument("--max-spread", type=float, default=None, metavar="S",
+                    help="draw only hypotheses whose learnt spread (largest std, x units) is at most S: the ones "
+                    "the model has placed on a solution, not its hedges (hypotheses latent; default: all)")
 
 
 def sampling_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -106,4 +109,4 @@ def sampling_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"max_output_bytes": args.max_output_gb * 1e9,
             "refine": args.refine, "refine_method": args.refine_method, "refine_lr": args.refine_lr,
             "oversample": args.oversample, "draw": args.draw, "temperature": args.temperature, "within": args.within,
-            "min_weight": args.min_weight}
+            "min_weight": args.min_weight, "max_spread": args.max_spread}
