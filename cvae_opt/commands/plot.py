@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         f"refine {args.refine} {args.refine_method}, oversample x{args.oversample}")
     if gen.model.latent.has_components:
         how += f", {args.draw}" + (f" T={args.temperature:g}" if args.temperature != 1.0 else "")
+    if args.within != "mean":
+        how += f", within {args.within}"
+    if args.max_spread is not None:
+        how += f", max spread {args.max_spread:g}"
     truth = None
     if not str(args.conditions).lower().endswith(".csv"):
         truth = args.conditions  # a file of pairs: its x are the true models, shown where the family's figure shows them
