@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import optuna
@@ -341,11 +342,17 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(tmp_path):
     (tmp_path / "yamlerr.yaml").write_text("name: x\nsearch:\n  lr: {type: float, low: [1\n")
     cases[2] = (cases[2][0], "malformed YAML")
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    for args, expect in cases:
-        r = subprocess.run([sys.executable, "-m", "cvae_opt.run", *map(str, args)], cwd=tmp_path, capture_output=True,
-                           text=True, env=env, timeout=120)
+
+    def refused(args):
+        return subprocess.run([sys.executable, "-m", "cvae_opt.run", *map(str, args)], cwd=tmp_path,
+                              capture_output=True, text=True, env=env, timeout=120)
+
+    # two at a time (each is mostly its interpreter's start-up); none may write, so the order does not matter
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(refused, [args for args, _ in cases]))
+    for (args, expect), r in zip(cases, results):
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2, (args, r.stderr)
         assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], (args, r.stderr)
         assert "secret" not in r.stderr + r.stdout
-        assert tree_digest(tmp_path / "storage") == before, args
+    assert tree_digest(tmp_path / "storage") == before
