@@ -105,22 +105,25 @@ def main() -> int:
                          "(`generate --max-spread`; hypotheses latents), one pair of rows per value")
     args = ap.parse_args()
     rows: dict[str, list[dict]] = {}
-    drawn: dict[str, torch.Tensor] = {}  # each row's latest samples
+    crowding: list[dict] = []
 
     def add(name: str, m: dict) -> None:
         rows.setdefault(name, []).append(m)
 
-    def measure(name: str, problem: Problem, y: torch.Tensor, sols: list, fn) -> dict:
+    def measure(name: str, problem: Problem, y: torch.Tensor, sols: list, fn, split: str = "",
+                weights: list | None = None) -> dict:
+        """One row's metrics; with `split` (its label there) and the solutions' `weights` also its recall by
+        crowding."""
         t0 = time.perf_counter()
         x = fn()
         m = evaluate_samples(problem, x, y, sols)
         m["seconds"] = time.perf_counter() - t0
         add(name, m)
-        drawn[name] = x
+        if split:
+            crowding.extend(crowding_rows(split, x, sols, weights, args.samples))
         return m
 
     limits: dict[str, float] = {}
-    crowding: list[dict] = []
     sources = args.trained or args.configs
     for path in sources:
         if not Path(path).is_file():
@@ -158,24 +161,24 @@ def main() -> int:
                 save_checkpoint(Path(args.checkpoints) / f"{Path(path).stem}-seed{seed}.pt", model, cfg)
             comp = model.latent.has_components
             raw = measure(f"{name} raw, posterior", problem, y, sols,
-                          lambda: Posterior(model, problem).sample(y, args.samples, seed=seed))
+                          lambda: Posterior(model, problem).sample(y, args.samples, seed=seed),
+                          split=f"{name} seed {seed}, posterior", weights=w)
             raw["train_seconds"] = train_s
-            crowding += crowding_rows(f"{name} seed {seed}, posterior", drawn[f"{name} raw, posterior"], sols, w, args.samples)
             line = f"{name} seed {seed}: trained {train_s:.0f}s; raw posterior precision {raw['mode_precision']:.3f} " \
                    f"recall {raw['mode_recall']:.3f} misfit {raw['misfit_rmse']:.3f}"
             draw = "coverage" if comp else "posterior"
             if comp:
                 cov = measure(f"{name} raw, coverage", problem, y, sols,
-                              lambda: Posterior(model, problem).sample(y, args.samples, SamplingOptions(draw="coverage"), seed=seed))
+                              lambda: Posterior(model, problem).sample(y, args.samples, SamplingOptions(draw="coverage"), seed=seed),
+                              split=f"{name} seed {seed}, coverage", weights=w)
                 line += f"; coverage precision {cov['mode_precision']:.3f} recall {cov['mode_recall']:.3f}"
-                crowding += crowding_rows(f"{name} seed {seed}, coverage", drawn[f"{name} raw, coverage"], sols, w, args.samples)
             for s_max in args.max_spread if model.latent.has_spread else []:
                 for how in ("posterior", "coverage"):
                     row = f"{name} raw, {how}, max spread {s_max:g}"
                     r = measure(row, problem, y, sols, lambda: Posterior(model, problem).sample(
-                        y, args.samples, SamplingOptions(draw=how, max_spread=s_max), seed=seed))
+                        y, args.samples, SamplingOptions(draw=how, max_spread=s_max), seed=seed),
+                        split=f"{name} seed {seed}, {how}, max spread {s_max:g}", weights=w)
                     line += f"; {how} max spread {s_max:g} precision {r['mode_precision']:.3f} recall {r['mode_recall']:.3f}"
-                    crowding += crowding_rows(f"{name} seed {seed}, {how}, max spread {s_max:g}", drawn[row], sols, w, args.samples)
             starts = [(f"{draw} draws", "", {"draw": draw})]
             if model.latent.has_spread:  # distinct starts from one hypothesis: draws within its learnt spread,
                 # every hypothesis of weight >= 0.01 alike (temperature 0), chosen on validation (findings P)
