@@ -121,6 +121,11 @@ class ModelConfig:
     # from (z, y), else the decoder's value (trained on the values that are not 0); for priors whose
     # models are mostly exact zeros (gravity's blocks: a background of contrast 0). cvae_opt/output_noise.py
     spike: bool = False
+    # hypotheses latent: the largest learnt standard deviation a hypothesis may keep (x units; 0 = no ceiling
+    # below the family's own). Training lowers the ceiling log-linearly from the hypotheses' initial spread to
+    # this value over the run, so a broad hypothesis standing between two solutions (a hedge) must move onto
+    # one of them before the end; the trained model keeps the final ceiling when it samples
+    spread_ceiling: float = 0.0
 
     def validate(self, where: str = "model") -> None:
         """Every value a network can be built from; whether its layers fit a problem's shapes is the
@@ -129,7 +134,10 @@ class ModelConfig:
                 component_prior=COMPONENT_PRIORS, recognition=RECOGNITIONS, decoder_scale=DECODER_SCALES)
         if ":" not in self.latent_type:  # 'package.module:Class': a user's latent family, checked when built
             _one_of(self, where, latent_type=LATENT_TYPES)
-        _at_least(self, where, latent=1, hidden=1, prior_hidden=1, prior_depth=1, decoder_depth=1)
+        _at_least(self, where, latent=1, hidden=1, prior_hidden=1, prior_depth=1, decoder_depth=1, spread_ceiling=0.0)
+        if self.spread_ceiling > 0 and self.latent_type != "hypotheses":
+            raise UserError(f"{where}.spread_ceiling {shown(self.spread_ceiling)} bounds the learnt spread of the hypotheses "
+                            f"latent (got latent_type {shown(self.latent_type)}); set it to 0 or latent_type: hypotheses")
         if self.decoder_scale == "structured" and self.latent_type != "gaussian":
             raise UserError(f"{where}.decoder_scale structured needs latent_type gaussian (got {shown(self.latent_type)}: "
                             "its noise covariance is the running covariance of one reconstruction per pair); "

@@ -238,6 +238,10 @@ class LatentFamily:
             out["logits"] = logits.unsqueeze(0).expand(y.shape[0], -1)
         return out
 
+    def anneal(self, model: "CVAE", progress: float) -> None:
+        """Set what the family schedules over a training run for `progress` in [0, 1] (the share of its
+        steps taken, 1 at the last); nothing for most families."""
+
     def recognise(self, model: "CVAE", x: torch.Tensor, y: torch.Tensor, q: dict, p: dict,
                   generator: torch.Generator | None) -> dict[str, torch.Tensor]:
         """The recognition pass: q's and r's parameters (suffixed _q, _p) and what the decoder made of x."""
@@ -464,7 +468,8 @@ LOGSTD_MIN, LOGSTD_MAX = -9.0, 2.0  # a hypothesis' learnt log standard deviatio
 class ScaleNet(nn.Module):
     """Each hypothesis' log standard deviation per parameter, predicted from y: (B, K, dims)."""
 
-    def __init__(self, cfg: ModelConfig, problem: Any, components: int, dims: int, y_scale: float):
+    def __init__(self, cfg: ModelConfig, problem: Any, components: int, dims: int, y_scale: float,
+                 final_ceiling: float | None = None):
         super().__init__()
         from .layers import mlp
 
@@ -474,10 +479,15 @@ class ScaleNet(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)  # every hypothesis starts broad (std 1 x-scale) and sharpens as it fits
         self.k, self.dims, self.y_scale = components, dims, float(y_scale)
+        # the largest log std a hypothesis may keep (`model.spread_ceiling`, in x-scale units): the final
+        # ceiling, which training lowers toward step by step (`HypothesesLatent.anneal`); not stored, since the
+        # config gives it again when a checkpoint is loaded
+        self.final_ceiling = LOGSTD_MAX if final_ceiling is None else min(max(final_ceiling, LOGSTD_MIN), LOGSTD_MAX)
+        self.register_buffer("ceiling", torch.tensor(self.final_ceiling), persistent=False)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         raw = self.out(self.body(y.flatten(1) / self.y_scale)).view(y.shape[0], self.k, self.dims)
-        return raw.clamp(LOGSTD_MIN, LOGSTD_MAX)
+        return raw.clamp(min=LOGSTD_MIN).clamp(max=self.ceiling)
 
 
 class HypothesesLatent(CategoricalLatent):
@@ -498,7 +508,16 @@ class HypothesesLatent(CategoricalLatent):
         family = family_of(problem)
         self.space = family.hypothesis_space(cfg, problem)
         self.x_scale = family.x_scale(problem)
-        return ScaleNet(cfg, problem, self.components, self.space.dims, family.y_scale(problem))
+        ceiling = math.log(cfg.spread_ceiling / self.x_scale) if cfg.spread_ceiling > 0 else None
+        return ScaleNet(cfg, problem, self.components, self.space.dims, family.y_scale(problem), ceiling)
+
+    def anneal(self, model, progress: float) -> None:
+        """Lower the spread ceiling for training progress in [0, 1]: log-linearly from the hypotheses'
+        initial spread (log std 0, one x-scale) to the final ceiling, reached at the last step; a no-op
+        without `spread_ceiling`."""
+        net = model.latent_net
+        if net.final_ceiling < 0:  # below the initial spread: lowered over the run
+            net.ceiling.fill_(min(max(float(progress), 0.0), 1.0) * net.final_ceiling)
 
     def recognise(self, model, x, y, q, p, generator):
         # every hypothesis' mean in theta (B, K, D): for the line head its end points, no lines built

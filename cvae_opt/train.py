@@ -213,6 +213,8 @@ class Training:
         for step in range(self.steps_per_epoch):
             idx = perm[step * bs : (step + 1) * bs]
             beta = beta_at(tc, epoch, step / self.steps_per_epoch)
+            # the latent family's schedule (the hypotheses' spread ceiling), at its final value on the last step
+            model.latent.anneal(model, (epoch * self.steps_per_epoch + step + 1) / (tc.epochs * self.steps_per_epoch))
             with body_precision(self.body_dtype):
                 loss, parts = model.loss(pairs.x[idx], pairs.y[idx], self.problem, tc, beta, self.noise)
             # the first non-finite step is recorded on the device and read every FINITE_CHECK_EVERY steps:

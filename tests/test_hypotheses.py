@@ -15,14 +15,15 @@ from cvae_opt.problems import TWO_BIRDS, resolve_problem
 from cvae_opt.train import train
 
 
-def cfg_for(arch="cvae_re", recognition="exact", head="line", **train_kw):
+def cfg_for(arch="cvae_re", recognition="exact", head="line", spread_ceiling=0.0, **train_kw):
     t = {"epochs": 1, "batch_size": 128, "eval_conditions": 8, "eval_samples": 4, "lr": 1e-3, "beta": 1.0,
          "w_x": 1.0, "w_y": 0.0, "device": "cpu"}
     t.update(train_kw)
     return Config.from_dict({
         "data": {"train_size": 1024, "val_size": 64, "fresh": True},
         "model": {"arch": arch, "latent_type": "hypotheses", "components": 5, "hidden": 32, "prior_hidden": 32,
-                  "channels": [4], "kernels": [5], "recognition": recognition, "head": head},
+                  "channels": [4], "kernels": [5], "recognition": recognition, "head": head,
+                  "spread_ceiling": spread_ceiling},
         "train": t,
     })
 
@@ -224,6 +225,36 @@ def test_training_sharpens_the_hypotheses(head):
     assert h[-1]["train_loss"] < h[0]["train_loss"]
     assert h[-1]["train_hypothesis_sigma"] < h[0]["train_hypothesis_sigma"]  # scales start broad and sharpen
     assert {"mode_precision", "mode_recall", "score"} <= set(h[-1])
+
+
+def test_the_spread_ceiling_falls_over_training_to_its_final_value_and_stays_in_the_checkpoint(tmp_path):
+    from cvae_opt.checkpoints import load_checkpoint, save_checkpoint
+    from cvae_opt.train import Training
+
+    cfg = cfg_for(epochs=4, spread_ceiling=0.05)
+    run = Training(cfg)
+    ceilings = [math.exp(float(run.model.latent_net.ceiling)) for _ in run.epochs()]
+    # log-linear from the initial spread (1 x-scale) to 0.05 at the last step: 0.05 ** (epoch / 4)
+    assert ceilings == pytest.approx([0.05 ** (e / 4) for e in (1, 2, 3, 4)], rel=1e-5)
+    y = make_pairs(TWO_BIRDS, 6, seed=8, cache_dir=None).y
+    model = run.result().model
+    with torch.no_grad():
+        model.latent_net.out.bias.fill_(1.0)  # every hypothesis asks for a std of e, far above the ceiling
+    assert float(model.latent.spread(model, y).detach().max()) == pytest.approx(0.05, rel=1e-5)
+    loaded, _, _ = load_checkpoint(save_checkpoint(tmp_path / "c.pt", model, cfg))
+    assert float(loaded.latent.spread(loaded, y).detach().max()) == pytest.approx(0.05, rel=1e-5)  # the config sets it again
+    plain = cfg_for(epochs=1)
+    free = build_model(plain.model, TWO_BIRDS)
+    with torch.no_grad():
+        free.latent_net.out.bias.fill_(1.0)
+    assert float(free.latent.spread(free, y).detach().max()) == pytest.approx(math.e, rel=1e-5)  # no ceiling: as learnt
+
+
+def test_the_spread_ceiling_needs_the_hypotheses_latent_and_a_non_negative_value():
+    with pytest.raises(UserError, match=r"spread_ceiling 0.02 bounds the learnt spread of the hypotheses latent"):
+        Config.from_dict({"model": {"latent_type": "categorical", "spread_ceiling": 0.02}})
+    with pytest.raises(UserError, match=r"model.spread_ceiling: -1.0; it must be >= 0"):
+        cfg_for(spread_ceiling=-1)
 
 
 def test_a_field_problem_takes_the_hypotheses_latent_per_cell():
