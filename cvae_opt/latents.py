@@ -487,7 +487,11 @@ class ScaleNet(nn.Module):
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         raw = self.out(self.body(y.flatten(1) / self.y_scale)).view(y.shape[0], self.k, self.dims)
-        return raw.clamp(min=LOGSTD_MIN).clamp(max=self.ceiling)
+        ls = raw.clamp(LOGSTD_MIN, LOGSTD_MAX)
+        # the ceiling passes gradients straight through: a hypothesis held at it still learns the spread it
+        # would take (a hard clamp would freeze every scale from the first step, when all start at log std 0
+        # and the ceiling falls below it)
+        return ls - (ls - self.ceiling).clamp(min=0).detach()
 
 
 class HypothesesLatent(CategoricalLatent):

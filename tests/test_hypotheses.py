@@ -241,6 +241,10 @@ def test_the_spread_ceiling_falls_over_training_to_its_final_value_and_stays_in_
     with torch.no_grad():
         model.latent_net.out.bias.fill_(1.0)  # every hypothesis asks for a std of e, far above the ceiling
     assert float(model.latent.spread(model, y).detach().max()) == pytest.approx(0.05, rel=1e-5)
+    model.zero_grad()
+    pairs = make_pairs(TWO_BIRDS, 8, seed=9, cache_dir=None)
+    model.loss(pairs.x, pairs.y, TWO_BIRDS, cfg.train, beta=1.0)[0].backward()
+    assert model.latent_net.out.bias.grad.abs().sum() > 0  # held at the ceiling, the scales still learn
     loaded, _, _ = load_checkpoint(save_checkpoint(tmp_path / "c.pt", model, cfg))
     assert float(loaded.latent.spread(loaded, y).detach().max()) == pytest.approx(0.05, rel=1e-5)  # the config sets it again
     plain = cfg_for(epochs=1)
