@@ -488,6 +488,8 @@ class ScaleNet(nn.Module):
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         raw = self.out(self.body(y.flatten(1) / self.y_scale)).view(y.shape[0], self.k, self.dims)
         ls = raw.clamp(LOGSTD_MIN, LOGSTD_MAX)
+        if self.final_ceiling >= LOGSTD_MAX:  # no ceiling below the family's own: nothing more per forward pass
+            return ls
         # the ceiling passes gradients straight through: a hypothesis held at it still learns the spread it
         # would take (a hard clamp would freeze every scale from the first step, when all start at log std 0
         # and the ceiling falls below it)
