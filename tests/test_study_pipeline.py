@@ -54,10 +54,9 @@ def test_trials_are_recorded_with_attrs_and_artifacts(smoke):
         assert cfg["train"]["lr"] == t.params["lr"] and cfg["train"]["grad_clip"] == 20.0  # fixed by the study
         assert cfg["model"]["latent_type"] == "hypotheses" and "latent_type" not in t.params
         assert cfg["model"]["components"] == t.params["components"] and "latent" not in t.params
-        if t.params["recognition"] == "encoder":  # the encoder's shape is searched only where there is one
-            assert len(cfg["model"]["channels"]) == t.params["conv_depth"]
-        else:
-            assert not {"conv_depth", "conv_channels", "kernel_size"} & set(t.params)
+        # fixed by the study: exact recognition (no encoder shape to search) and no physics term
+        assert cfg["model"]["recognition"] == "exact" and cfg["train"]["w_y"] == 0.0
+        assert not {"recognition", "w_y", "conv_depth", "conv_channels", "kernel_size"} & set(t.params)
         assert t.intermediate_values and 1 in t.intermediate_values
         metas = optuna.artifacts.get_all_artifact_meta(t, storage=study._storage)
         kinds = sorted(m.mimetype for m in metas)
